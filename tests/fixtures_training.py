@@ -1,0 +1,1 @@
+"""Session fixtures for training results (owned by the training stage)."""
