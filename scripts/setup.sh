@@ -56,7 +56,7 @@ fi
 if ! has "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSION')"; then
   step "Building llama-cpp-python $LLAMA_VERSION with portable CPU flags (about 6 minutes the first time; pip caches the wheel)"
   CMAKE_ARGS="${CMAKE_ARGS:-$PORTABLE_CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-    "${PIP[@]}" install --no-deps "llama-cpp-python==$LLAMA_VERSION"
+    "${PIP[@]}" install "llama-cpp-python==$LLAMA_VERSION"
 fi
 
 if ! has "from lorahelpers.export import converter_is_cached; import sys; sys.exit(not converter_is_cached())"; then

@@ -1,0 +1,3 @@
+from lorahelpers.cli import main
+
+raise SystemExit(main())
