@@ -1,0 +1,60 @@
+"""Notebook parameters: defaults per runtime, environment overrides, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorahelpers.params import Params, default_params
+from lorahelpers.runtime import RuntimeReport
+
+
+def runtime(cuda: bool) -> RuntimeReport:
+    return RuntimeReport(cuda=cuda, gpu_name="T4" if cuda else None,
+                         gpu_memory_gb=15.0 if cuda else None, bf16=not cuda, unsloth=cuda,
+                         colab=cuda, cpu_threads=2, torch_version="2.13.0", python_version="3.12")
+
+
+def test_cpu_defaults_use_embedded_model_and_local_data():
+    p = default_params("alpaca", runtime=runtime(False), env={})
+    assert p.model == "embedded" and p.chat_format == "chatml" and not p.load_in_4bit
+    assert p.data.endswith("data/alpaca_train.jsonl") and p.eval_data.endswith("alpaca_eval.jsonl")
+
+
+def test_gpu_defaults_use_unsloth_llama_and_hub_data():
+    p = default_params("alpaca", runtime=runtime(True), env={})
+    assert p.model.startswith("unsloth/Llama-3") and p.model.endswith("bnb-4bit")
+    assert p.chat_format == "llama3" and p.load_in_4bit
+    assert p.data == "yahma/alpaca-cleaned"
+    t = default_params("table", runtime=runtime(True), env={})
+    assert t.data.endswith("data/table.xlsx")
+
+
+def test_environment_overrides_every_type():
+    env = {"LORAHELPERS_MAX_STEPS": "7", "LORAHELPERS_LEARNING_RATE": "5e-4",
+           "LORAHELPERS_LOAD_IN_4BIT": "no", "LORAHELPERS_QUANTS": "q8_0, Q4_K_M",
+           "LORAHELPERS_OLLAMA_NAME": "mine"}
+    p = default_params("alpaca", runtime=runtime(True), env=env)
+    assert (p.max_steps, p.learning_rate, p.load_in_4bit) == (7, 5e-4, False)
+    assert p.quants == ("q8_0", "q4_k_m") and p.ollama_name == "mine"
+
+
+def test_explicit_overrides_beat_the_environment():
+    p = default_params("alpaca", runtime=runtime(False), env={"LORAHELPERS_MAX_STEPS": "7"},
+                       max_steps=3)
+    assert p.max_steps == 3
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LORAHELPERS_MAX_STEPS": "ten"}, "LORAHELPERS_MAX_STEPS='ten' is not a valid int"),
+    ({"LORAHELPERS_LOAD_IN_4BIT": "maybe"}, "not a valid bool"),
+    ({"LORAHELPERS_QUANTS": "q3_x"}, "unknown GGUF type"),
+    ({"LORAHELPERS_MAX_STEPS": "0"}, "max_steps must be at least 1"),
+])
+def test_bad_values_are_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        default_params("alpaca", runtime=runtime(False), env=env)
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="'alpaca' or 'table'"):
+        Params(kind="csv")
