@@ -1,0 +1,361 @@
+"""ChatFormat: the one definition of how a conversation becomes text.
+
+Training text, loss spans, the tokenizer's Jinja chat template (and so the GGUF's) and Ollama's
+Go TEMPLATE all come from the same few literal pieces (a `Turns`), so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
+
+ROLES = ("system", "user", "assistant")
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+# BOS strings a copied template may start with; the tokenizer adds BOS itself.
+_KNOWN_BOS = ("<|begin_of_text|>", "<|startoftext|>", "<bos>", "<s>")
+
+
+@dataclass(frozen=True)
+class Turns:
+    """The literal pieces around each message.
+
+    A system message (only allowed first) renders as system_pre + content + system_post and
+    replaces `preamble`; a user turn as user_pre + content + user_post; an assistant turn as
+    assistant_pre + content + eos + assistant_post. The generation prompt is assistant_pre.
+    """
+
+    preamble: str = ""
+    system_pre: str = ""
+    system_post: str = ""
+    user_pre: str = ""
+    user_post: str = ""
+    assistant_pre: str = ""
+    assistant_post: str = ""
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How conversations become text, for training, the tokenizer, the GGUF and Ollama.
+
+    >>> fmt = get_chat_format("chatml")
+    >>> fmt.render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+
+    name: str
+    eos: str
+    stop: tuple[str, ...]
+    turns: Turns = field(default_factory=Turns, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.eos, str) or not self.eos:
+            raise ValueError(f"ChatFormat {self.name!r}: eos must be a non-empty string, "
+                             "e.g. eos=tokenizer.eos_token")
+        if self.eos not in self.stop:
+            raise ValueError(f"ChatFormat {self.name!r}: stop {self.stop!r} must include the "
+                             f"eos {self.eos!r}, or the model in Ollama never stops")
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
+        """The text of `messages`; with add_generation_prompt, ready for the model to answer.
+
+        >>> get_chat_format("llama3").render([{"role": "user", "content": "Hi"}])
+        '<|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>'
+        """
+        text, _ = self._render(messages)
+        return text + self.turns.assistant_pre if add_generation_prompt else text
+
+    def render_with_spans(self, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+        """The text of a conversation ending with an assistant turn, and the [start, end)
+        character spans of each assistant content plus its eos (what the loss is computed on).
+
+        >>> get_chat_format("chatml").render_with_spans(
+        ...     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+        ('<|im_start|>user\\na<|im_end|>\\n<|im_start|>assistant\\nb<|im_end|>\\n', [(51, 62)])
+        """
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError("render_with_spans needs a conversation that ends with an "
+                             "assistant message (the response to learn); got "
+                             f"{_describe(messages)}")
+        return self._render(messages)
+
+    def generation_prefix(self, messages: list[Message]) -> str:
+        """The prompt for the next assistant turn: render(messages, add_generation_prompt=True)."""
+        return self.render(messages, add_generation_prompt=True)
+
+    def _render(self, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+        _validate(messages)
+        t = self.turns
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        size = 0
+
+        def put(s: str) -> None:
+            nonlocal size
+            parts.append(s)
+            size += len(s)
+
+        for i, m in enumerate(messages):
+            role, content = m["role"], m["content"]
+            if i == 0 and role != "system":
+                put(t.preamble)
+            if role == "system":
+                put(t.system_pre + content + t.system_post)
+            elif role == "user":
+                put(t.user_pre + content + t.user_post)
+            else:
+                put(t.assistant_pre)
+                start = size
+                put(content + self.eos)
+                spans.append((start, size))
+                put(t.assistant_post)
+        return "".join(parts), spans
+
+    @property
+    def jinja_template(self) -> str:
+        """The Hugging Face chat template (tokenizer.chat_template, and so the GGUF's)."""
+        t, q, j = self.turns, _jinja_str, _jinja_join
+        content = "message['content']"
+        pre = (f"{{%- if loop.first and message['role'] != 'system' -%}}{{{{ {q(t.preamble)} }}}}"
+               "{%- endif -%}\n") if t.preamble else ""
+        bad_role = q("Roles must be system, user or assistant, with system only first")
+        return (
+            "{%- for message in messages -%}\n"
+            + pre
+            + "{%- if message['role'] == 'system' and loop.first -%}\n"
+            f"{{{{ {j(q(t.system_pre), content, q(t.system_post))} }}}}\n"
+            "{%- elif message['role'] == 'user' -%}\n"
+            f"{{{{ {j(q(t.user_pre), content, q(t.user_post))} }}}}\n"
+            "{%- elif message['role'] == 'assistant' -%}\n"
+            f"{{{{ {j(q(t.assistant_pre), content, q(self.eos + t.assistant_post))} }}}}\n"
+            "{%- else -%}\n"
+            f"{{{{ raise_exception({bad_role}) }}}}\n"
+            "{%- endif -%}\n"
+            "{%- endfor -%}\n"
+            "{%- if add_generation_prompt -%}\n"
+            f"{{{{ {q(t.assistant_pre)} }}}}\n"
+            "{%- endif -%}\n"
+        )
+
+    @property
+    def go_template(self) -> str:
+        """Ollama's TEMPLATE (Go text/template over .Messages), on one line so that no
+        trim marker can eat whitespace that belongs to the format."""
+        t, g = self.turns, _go_text
+        pre = f'{{{{ if and (eq $i 0) (ne $m.Role "system") }}}}{g(t.preamble)}{{{{ end }}}}' \
+            if t.preamble else ""
+        return (
+            "{{ range $i, $m := .Messages }}" + pre
+            + f'{{{{ if eq $m.Role "system" }}}}{g(t.system_pre)}{{{{ $m.Content }}}}'
+            f"{g(t.system_post)}"
+            f'{{{{ else if eq $m.Role "user" }}}}{g(t.user_pre)}{{{{ $m.Content }}}}'
+            f"{g(t.user_post)}"
+            f'{{{{ else if eq $m.Role "assistant" }}}}{g(t.assistant_pre)}{{{{ $m.Content }}}}'
+            f"{g(self.eos + t.assistant_post)}"
+            "{{ end }}{{ end }}" + g(t.assistant_pre)
+        )
+
+
+def get_chat_format(name: str, eos: str | None = None) -> ChatFormat:
+    """A built-in format ("alpaca", "chatml", "llama3") or a custom one from an Unsloth-style
+    template with {INPUT}, {OUTPUT} and optional {SYSTEM}. `eos` is needed by alpaca and custom
+    (pass tokenizer.eos_token); chatml and llama3 always end turns with their own token.
+
+    >>> get_chat_format("alpaca", eos="</s>").stop
+    ('</s>', '### Instruction:')
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"chat format must be a name or a template string, got {type(name)}")
+    key = name.strip().lower()
+    if key == "chatml":
+        return ChatFormat("chatml", "<|im_end|>", ("<|im_end|>", "<|im_start|>"), Turns(
+            system_pre="<|im_start|>system\n", system_post="<|im_end|>\n",
+            user_pre="<|im_start|>user\n", user_post="<|im_end|>\n",
+            assistant_pre="<|im_start|>assistant\n", assistant_post="\n"))
+    if key == "llama3":
+        eot = "<|eot_id|>"
+
+        def head(role: str) -> str:
+            return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
+        return ChatFormat("llama3", eot, (eot, "<|start_header_id|>", "<|end_header_id|>"),
+                          Turns(system_pre=head("system"), system_post=eot,
+                                user_pre=head("user"), user_post=eot,
+                                assistant_pre=head("assistant")))
+    if key == "alpaca" or "{INPUT}" in name or "{OUTPUT}" in name:
+        if not eos:
+            raise ValueError(f"chat format {'alpaca' if key == 'alpaca' else 'custom'} needs the "
+                             "tokenizer's end-of-sequence string: pass eos=tokenizer.eos_token")
+        if key == "alpaca":
+            return ChatFormat("alpaca", eos, (eos, "### Instruction:"), Turns(
+                preamble=ALPACA_PREAMBLE + "\n\n", system_post="\n\n",
+                user_pre="### Instruction:\n", user_post="\n\n",
+                assistant_pre="### Response:\n", assistant_post="\n\n"))
+        turns = parse_template(name, eos)
+        marker = turns.user_pre.strip()
+        return ChatFormat("custom", eos, (eos, marker) if marker and marker != eos else (eos,),
+                          turns)
+    close = difflib.get_close_matches(key, ["alpaca", "chatml", "llama3"], n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown chat format {name!r}: use 'alpaca', 'chatml', 'llama3' or a "
+                     f"template string with {{INPUT}} and {{OUTPUT}}.{hint}")
+
+
+def install_chat_template(tokenizer, fmt: ChatFormat) -> None:
+    """Set tokenizer.chat_template to fmt's Jinja template, after checking that the tokenizer
+    knows fmt.eos as one token (otherwise generation cannot stop on it).
+
+    >>> install_chat_template(tokenizer, get_chat_format("chatml"))  # doctest: +SKIP
+    """
+    vocab = tokenizer.get_vocab()
+    if fmt.eos not in vocab:
+        raise ValueError(
+            f"chat format {fmt.name!r} ends turns with {fmt.eos!r}, which is not a token of this "
+            f"tokenizer (its eos is {getattr(tokenizer, 'eos_token', None)!r}). Use a format "
+            "that matches the base model, or pass eos=tokenizer.eos_token for alpaca/custom.")
+    tokenizer.chat_template = fmt.jinja_template
+
+
+def parse_template(template: str, eos: str) -> Turns:
+    """Split an Unsloth-style template into Turns. One example of {INPUT}/{OUTPUT} or two
+    (the second defines what repeats per turn). Other braces are literal text.
+
+    >>> parse_template("{SYSTEM}\\nUSER: {INPUT}\\nBOT: {OUTPUT}", "</s>").user_pre
+    'USER: '
+    """
+    for bos in _KNOWN_BOS:
+        if template.startswith(bos):
+            template = template[len(bos):]
+    n_in, n_out, n_sys = (template.count(k) for k in ("{INPUT}", "{OUTPUT}", "{SYSTEM}"))
+    if n_in != n_out or n_in not in (1, 2) or n_sys > 1:
+        raise ValueError(
+            f"chat template must hold {{INPUT}} and {{OUTPUT}} once each (or twice, as two "
+            f"example turns) and {{SYSTEM}} at most once; found {n_in} {{INPUT}}, {n_out} "
+            f"{{OUTPUT}}, {n_sys} {{SYSTEM}} in {template!r}")
+    if template.index("{OUTPUT}") < template.index("{INPUT}"):
+        raise ValueError(f"chat template: {{INPUT}} must come before {{OUTPUT}} in {template!r}")
+
+    if n_in == 2:
+        block, turn = _split_two_examples(template)
+        head, rest = turn.split("{INPUT}")
+        split_sep = ""
+    else:
+        head_all, rest = template.split("{INPUT}")
+        block, head, split_sep = _split_head(head_all, eos)
+    mid, tail = rest.split("{OUTPUT}")
+    if "{SYSTEM}" in mid + tail + head:
+        raise ValueError(f"chat template: {{SYSTEM}} must come before the first {{INPUT}} in "
+                         f"{template!r}")
+
+    m = re.match(r"\s*(?:" + re.escape(eos) + r"\s*)?", mid)
+    user_post, assistant_pre = mid[:m.end()], mid[m.end():]
+    if not assistant_pre and not user_post:
+        raise ValueError(f"chat template: put a marker such as '\\n### Response:\\n' between "
+                         f"{{INPUT}} and {{OUTPUT}} in {template!r}")
+    if tail.startswith(eos):
+        tail = tail[len(eos):]
+    if eos in tail:
+        raise ValueError(f"chat template: the eos {eos!r} must come right after {{OUTPUT}} "
+                         f"(it is added there when missing), in {template!r}")
+    if not tail and n_in == 1:
+        tail = split_sep or re.match(r"\s*", mid).group()
+
+    if "{SYSTEM}" in block:
+        system_pre, system_post = block.split("{SYSTEM}")
+        return Turns("", system_pre, system_post, head, user_post, assistant_pre, tail)
+    system_post = re.search(r"\s*$", block).group() if block else "\n\n"
+    return Turns(block, "", system_post, head, user_post, assistant_pre, tail)
+
+
+def _split_two_examples(template: str) -> tuple[str, str]:
+    # The longest tail that also ends the text before it is the repeating turn.
+    first_out = template.index("{OUTPUT}") + len("{OUTPUT}")
+    second_in = template.index("{INPUT}", first_out)
+    for k in range(first_out, second_in + 1):
+        turn = template[k:]
+        if template[:k].endswith(turn):
+            return template[:k - len(turn)], turn
+    raise ValueError("chat template: the two example turns differ; write the same turn twice, "
+                     f"e.g. 'USER: {{INPUT}}\\nBOT: {{OUTPUT}}\\n' twice, in {template!r}")
+
+
+def _split_head(head: str, eos: str) -> tuple[str, str, str]:
+    """(once-only block, per-turn user prefix, line breaks at the split) of the text before
+    {INPUT}, for single-example templates."""
+    if "{SYSTEM}" in head:
+        at = head.index("{SYSTEM}") + len("{SYSTEM}")
+        after = head[at:]
+        m = re.match(r"[^\n]*?" + re.escape(eos), after) if eos in after.split("\n")[0] else None
+        m = m or re.match(r"[^\n]*(\n+)", after)
+        if not m:
+            raise ValueError("chat template: cannot tell where the system part ends; put a line "
+                             f"break after {{SYSTEM}}, or write two example turns, in {head!r}")
+        end = at + m.end()
+        return head[:end], head[end:], re.search(r"\n*$", head[:end]).group()
+    breaks = [m for m in re.finditer(r"\n{2,}", head) if m.end() < len(head)]
+    if not breaks:
+        return "", head, ""
+    last = breaks[-1]
+    return head[:last.end()], head[last.end():], last.group()
+
+
+def _validate(messages: list[Message]) -> None:
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got "
+                        f"{type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ValueError(f"message {i}: role must be one of {ROLES}, got "
+                             f"{m.get('role') if isinstance(m, dict) else m!r}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} ({m['role']}): content must be a string, got "
+                             f"{type(m.get('content')).__name__}")
+        if m["role"] == "system" and i != 0:
+            raise ValueError(f"message {i}: a system message may only come first")
+
+
+def _describe(messages) -> str:
+    if not messages:
+        return "no messages"
+    return "roles " + ", ".join(str(m.get("role")) for m in messages if isinstance(m, dict))
+
+
+def _jinja_str(s: str) -> str:
+    """A Jinja string expression for s, in the subset every Jinja engine reads alike
+    (Jinja2, llama.cpp's): only backslash, quote, newline and carriage-return escapes, and no
+    two-character delimiter such as '{{' inside one literal: it becomes '{' + '{'."""
+    esc = s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    esc = esc.replace("\r", "\\r")
+    pieces = re.split(r"(?<=\{)(?=[{%#])|(?<=[}%#])(?=\})", esc)
+    return " + ".join("'" + p + "'" for p in pieces)
+
+
+def _jinja_join(*exprs: str) -> str:
+    return " + ".join(e for e in exprs if e != "''")
+
+
+def _go_text(s: str) -> str:
+    """s as Go template text: raw when that is unambiguous, else a quoted string action."""
+    if not s:
+        return ""
+    raw_ok = ("{{" not in s and not s.startswith("}") and not s.endswith("{")
+              and '"""' not in s and all(c == "\n" or c.isprintable() for c in s))
+    if raw_ok:
+        return s
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return '{{ "' + "".join(out) + '" }}'

@@ -1,0 +1,350 @@
+"""Rows in, conversations out: Alpaca, ShareGPT, chat-message and plain table rows become
+conversations (lists of {"role", "content"} messages), validated loudly, then split
+train/eval. Loading lives in lorahelpers.tables and is re-exported here. No torch here.
+
+Row numbers in messages count data rows from 1, as a person does; the header is not a data
+row, so data row 5 of a CSV file is on line 6 (messages name both).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import random
+from collections import defaultdict
+
+from lorahelpers.tables import DataError, DataReport, load_table, render_value
+
+__all__ = ["DataError", "DataReport", "load_table", "render_value", "merge_columns",
+           "to_conversations", "extend_conversations", "split", "preview"]
+
+FORMATS = ("auto", "alpaca", "sharegpt", "messages", "table")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "bot": "assistant", "model": "assistant", "chatgpt": "assistant",
+                   "system": "system"}
+
+
+def merge_columns(template: str, row) -> str:
+    """Fill a column-merge template from one row: `{column}` inserts the value, a `[[...]]`
+    block is left out when a column in it is empty, `{{` and `}}` are literal braces.
+
+    >>> merge_columns("{name}[[ ({age} years)]]", {"name": "Ada", "age": None})
+    'Ada'
+    """
+    return _fill(_compile(template, list(row.keys())), row)
+
+
+def _compile(template: str, columns: list[str], source: str = "the data") -> list:
+    """Parse a template into text, column and block pieces, checking every column exists."""
+    pieces: list = []
+    current = pieces
+    i = 0
+    while i < len(template):
+        two = template[i:i + 2]
+        if two in ("{{", "}}"):
+            current.append(two[0])
+            i += 2
+        elif two == "[[":
+            if current is not pieces:
+                raise DataError(f"template: '[[' inside another '[[...]]' at character {i + 1} "
+                                f"of {template!r}. Fix: blocks cannot be nested")
+            current = []
+            pieces.append(current)
+            i += 2
+        elif two == "]]" and current is not pieces:
+            current = pieces
+            i += 2
+        elif template[i] == "{":
+            end = template.find("}", i)
+            if end == -1:
+                raise DataError(f"template: '{{' at character {i + 1} is never closed in "
+                                f"{template!r}. Fix: write {{column}}, or {{{{ for a literal "
+                                "brace")
+            current.append((_column(template[i + 1:end], columns, source),))
+            i = end + 1
+        else:
+            current.append(template[i])
+            i += 1
+    if current is not pieces:
+        raise DataError(f"template: a '[[' block is never closed with ']]' in {template!r}")
+    return pieces
+
+
+def _column(name: str, columns: list[str], source: str, what: str = "template") -> str:
+    if name in columns:
+        return name
+    folded = [c for c in columns if c.strip().lower() == name.strip().lower()]
+    close = folded or difflib.get_close_matches(name, columns, n=1, cutoff=0.5)
+    hint = f" The closest is {close[0]!r}." if close else ""
+    if what == "template":
+        label, fix = f"template column {{{name}}}", "use one of those names (write {{ and }} " \
+            "for literal braces)"
+    else:
+        label, fix = f"{what} column {name!r}", "rename the column, or pick another format"
+    raise DataError(f"{label} is not in {source}; its columns are "
+                    f"{', '.join(map(repr, columns))}.{hint} Fix: {fix}")
+
+
+def _fill(pieces: list, row) -> str:
+    out = []
+    for piece in pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+        elif isinstance(piece, tuple):
+            out.append(render_value(row[piece[0]]))
+        else:
+            values = [render_value(row[p[0]]) for p in piece if isinstance(p, tuple)]
+            if all(values):
+                out.append(_fill(piece, row))
+    return "".join(out)
+
+
+def to_conversations(data, format: str = "auto", template: str | None = None,
+                     output_column: str | None = None, system: str | None = None,
+                     conversation_extension: int = 1, seed: int = 3407,
+                     drop_duplicates: bool = False, sheet: str | int | None = None):
+    """Turn rows into conversations and a DataReport. `data` is anything load_table reads.
+    Formats: "alpaca" (instruction, optional input and system, output), "sharegpt"
+    (conversations of from/value), "messages" (role/content), "table" (a merge `template`
+    for the prompt and an `output_column` for the answer); "auto" picks from the columns.
+    `system` sets the system message of every conversation. conversation_extension=N joins
+    each row with N-1 random others (seeded); to keep eval rows out of training, split first
+    and use extend_conversations on the train part.
+
+    >>> convs, report = to_conversations([{"instruction": "Hi", "output": "Hello"}])
+    >>> convs[0]
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}]
+    """
+    if format not in FORMATS:
+        raise DataError(f"format={format!r} is unknown. Fix: use one of {', '.join(FORMATS)}")
+    df, report = load_table(data, sheet=sheet)
+    columns = list(df.columns)
+    if format == "auto":
+        format = _detect(columns, template, report.source)
+    report.format = format
+    if format == "table":
+        make = _table_maker(template, output_column, columns, report.source)
+    else:
+        needed = {"alpaca": ["instruction", "output"], "sharegpt": ["conversations"],
+                  "messages": ["messages"]}[format]
+        for name in needed:
+            _column(name, columns, report.source, what=format)
+        make = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages}[format]
+
+    conversations, seen, first_dupe = [], {}, None
+    for index, row in enumerate(df.to_dict("records")):
+        where = f"{report.source}, {report.where(index)}"
+        messages, reason = make(row, where)
+        if reason:
+            report.drop(reason)
+            continue
+        if system is not None and system.strip():
+            messages = [{"role": "system", "content": system.strip()}] + \
+                [m for m in messages if m["role"] != "system"]
+        key = json.dumps(messages, ensure_ascii=False)
+        if key in seen:
+            report.duplicates += 1
+            first_dupe = first_dupe or (report.where(index), seen[key])
+            if drop_duplicates:
+                report.drop("duplicate")
+                continue
+        else:
+            seen[key] = report.where(index)
+        conversations.append(messages)
+    if first_dupe:
+        report.warnings.append(f"{report.duplicates} row(s) repeat an earlier row, e.g. "
+                               f"{first_dupe[0]} repeats {first_dupe[1]}")
+    report.rows_kept = len(conversations)
+    if not conversations:
+        raise DataError(f"{report.source}: no usable rows ({report.rows_read} read, dropped: "
+                        f"{report.dropped}). Fix: every row needs a non-empty answer")
+    if conversation_extension > 1:
+        conversations = extend_conversations(conversations, conversation_extension, seed)
+        report.warnings.append(f"each conversation joins {conversation_extension} rows")
+    return conversations, report
+
+
+def _detect(columns: list[str], template, source: str) -> str:
+    if template is not None:
+        return "table"
+    if "messages" in columns:
+        return "messages"
+    if "conversations" in columns:
+        return "sharegpt"
+    if "instruction" in columns and "output" in columns:
+        return "alpaca"
+    raise DataError(
+        f"{source}: cannot tell the format from the columns {', '.join(map(repr, columns))}. "
+        "Fix: Alpaca needs 'instruction' and 'output', ShareGPT a 'conversations' column, chat "
+        "data a 'messages' column; for any other table pass template='...{column}...' and "
+        "output_column='...'")
+
+
+def _alpaca(row, where):
+    instruction = render_value(row.get("instruction"))
+    output = render_value(row.get("output"))
+    if not output:
+        return None, "empty output"
+    if not instruction:
+        return None, "empty instruction"
+    extra = render_value(row.get("input"))
+    user = f"{instruction}\n\n### Input:\n{extra}" if extra else instruction
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    own_system = render_value(row.get("system"))
+    if own_system:
+        messages.insert(0, {"role": "system", "content": own_system})
+    return messages, None
+
+
+def _turns(value, where: str, column: str, role_key: str, content_key: str, roles: dict):
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(value, list):
+        raise DataError(f"{where}, column {column!r}: expected a list of turns, got "
+                        f"{type(value).__name__}. Fix: [{{{role_key!r}: ..., {content_key!r}: "
+                        "...}, ...]")
+    messages = []
+    for number, turn in enumerate(value, start=1):
+        if not isinstance(turn, dict) or role_key not in turn:
+            raise DataError(f"{where}, column {column!r}, turn {number}: expected an object "
+                            f"with {role_key!r} and {content_key!r}, got {turn!r:.80}")
+        role = roles.get(str(turn[role_key]).strip().lower())
+        if role is None:
+            raise DataError(f"{where}, column {column!r}, turn {number}: unknown {role_key} "
+                            f"{turn[role_key]!r}. Fix: use one of {', '.join(sorted(roles))}")
+        if role == "system" and messages:
+            raise DataError(f"{where}, column {column!r}, turn {number}: a system message may "
+                            "only come first. Fix: move it to the start")
+        messages.append({"role": role, "content": render_value(turn.get(content_key))})
+    if not messages or messages[-1]["role"] != "assistant":
+        return None, "no assistant reply at the end"
+    if any(m["role"] == "assistant" and not m["content"] for m in messages):
+        return None, "empty output"
+    return messages, None
+
+
+def _sharegpt(row, where):
+    return _turns(row["conversations"], where, "conversations", "from", "value", _SHAREGPT_ROLES)
+
+
+def _messages(row, where):
+    roles = {r: r for r in ("system", "user", "assistant")}
+    return _turns(row["messages"], where, "messages", "role", "content", roles)
+
+
+def _table_maker(template, output_column, columns, source):
+    if not template:
+        raise DataError(f"{source}: table rows need template='...{{column}}...' to write the "
+                        f"prompt from the columns {', '.join(map(repr, columns))}")
+    if not output_column:
+        raise DataError(f"{source}: table rows need output_column=..., the column the model "
+                        f"should answer with; one of {', '.join(map(repr, columns))}")
+    output_column = _column(output_column, columns, source, what="output")
+    pieces = _compile(template, columns, source)
+
+    def make(row, where):
+        output = render_value(row[output_column])
+        if not output:
+            return None, "empty output"
+        prompt = _fill(pieces, row).strip()
+        if not prompt:
+            return None, "empty prompt"
+        return [{"role": "user", "content": prompt},
+                {"role": "assistant", "content": output}], None
+    return make
+
+
+def extend_conversations(conversations: list, n: int, seed: int = 3407) -> list:
+    """Join each conversation with n-1 others chosen at random (seeded) into one multi-turn
+    conversation; the first keeps its system message, the others' are left out.
+
+    >>> len(extend_conversations([[{"role": "user", "content": "a"}]] * 3, 2)[0])
+    2
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"conversation_extension={n!r}: use a whole number of rows, 1 or more")
+    if n == 1 or len(conversations) < 2:
+        return [list(c) for c in conversations]
+    rng = random.Random(seed)
+    extended = []
+    for i, conversation in enumerate(conversations):
+        others = rng.sample(range(len(conversations) - 1), min(n - 1, len(conversations) - 1))
+        merged = list(conversation)
+        for j in others:
+            merged += [m for m in conversations[j + (j >= i)] if m["role"] != "system"]
+        extended.append(merged)
+    return extended
+
+
+def split(conversations: list, eval_size: float | int, seed: int = 3407,
+          stratify: bool = False) -> tuple[list, list]:
+    """Seeded train/eval split; `eval_size` is a fraction (0.1) or a count (50). With
+    stratify=True each distinct final answer keeps its share in both parts.
+
+    >>> train, held = split(list(range(10)), 0.2)
+    >>> len(train), len(held)
+    (8, 2)
+    """
+    n = len(conversations)
+    if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)):
+        raise DataError(f"eval_size={eval_size!r}: use a fraction such as 0.1 or a count")
+    k = round(n * eval_size) if isinstance(eval_size, float) else eval_size
+    if isinstance(eval_size, float) and 0 < eval_size < 1:
+        k = min(max(k, 1), n - 1)
+    if not 1 <= k < n:
+        raise DataError(f"eval_size={eval_size!r} leaves {n - k} training and {k} evaluation "
+                        f"rows out of {n}. Fix: a fraction between 0 and 1, or a count from 1 "
+                        f"to {n - 1}")
+    rng = random.Random(seed)
+    if not stratify:
+        order = list(range(n))
+        rng.shuffle(order)
+        held = set(order[:k])
+    else:
+        held = _stratified(conversations, k, rng)
+    return ([c for i, c in enumerate(conversations) if i not in held],
+            [c for i, c in enumerate(conversations) if i in held])
+
+
+def _stratified(conversations: list, k: int, rng: random.Random) -> set[int]:
+    groups = defaultdict(list)
+    for i, c in enumerate(conversations):
+        answer = [m["content"] for m in c if m["role"] == "assistant"][-1:] \
+            if isinstance(c, list) and c and isinstance(c[0], dict) else [c]
+        groups[json.dumps(answer, default=str)].append(i)
+    n = len(conversations)
+    if len(groups) * 2 > n:
+        raise DataError(f"stratify=True balances the final answers, but {len(groups)} of {n} "
+                        "answers are distinct, so there is nothing to balance. Fix: "
+                        "stratify=False")
+    keys = sorted(groups)
+    for key in keys:
+        rng.shuffle(groups[key])
+    share = {key: len(groups[key]) * k / n for key in keys}
+    quota = {key: int(share[key]) for key in keys}
+    ties = {key: rng.random() for key in keys}
+    for key in sorted(keys, key=lambda g: (share[g] - quota[g], ties[g]), reverse=True):
+        if sum(quota.values()) >= k:
+            break
+        quota[key] += 1
+    return {i for key in keys for i in groups[key][:quota[key]]}
+
+
+def preview(conversations: list, n: int = 3, fmt=None) -> str:
+    """The first n conversations as text: rendered by a ChatFormat when given, else one
+    "role: content" line per message.
+
+    >>> print(preview([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]]))
+    user: Hi
+    assistant: Yo
+    """
+    shown = []
+    for conversation in conversations[:n]:
+        shown.append(fmt.render(conversation) if fmt is not None else
+                     "\n".join(f"{m['role']}: {m['content']}" for m in conversation))
+    return "\n\n".join(shown)
