@@ -1,0 +1,190 @@
+"""Modelfile text for Ollama, written so that Ollama's parser reads back exactly what was meant.
+
+Ollama's Modelfile grammar has sharp edges: values run to the end of the line unless quoted,
+a quoted value ends at the first line that ends in its quote, `#` is a comment only where a
+command starts, and characters Go does not count as printable are silently dropped. Everything
+here is pure; lorahelpers.ollama does the I/O.
+
+    >>> from lorahelpers.chat import get_chat_format
+    >>> print(render_modelfile("out/m.gguf", get_chat_format("chatml")).splitlines()[0])
+    FROM ./m.gguf
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+
+# Parameters that every Ollama since 0.5.5 parses, with their Go types.
+PARAMETER_TYPES = {
+    "num_ctx": int, "num_batch": int, "num_gpu": int, "main_gpu": int, "num_thread": int,
+    "num_keep": int, "seed": int, "num_predict": int, "top_k": int, "repeat_last_n": int,
+    "top_p": float, "min_p": float, "typical_p": float, "temperature": float,
+    "repeat_penalty": float, "presence_penalty": float, "frequency_penalty": float,
+    "use_mmap": bool, "stop": list,
+}
+DEPRECATED = ("mirostat", "mirostat_tau", "mirostat_eta", "penalize_newline", "low_vram",
+              "f16_kv", "logits_all", "vocab_only", "use_mlock")
+# strings.TrimSpace's set (Go's unicode.IsSpace).
+_GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
+            "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _go_printable(ch: str) -> bool:
+    # Ollama's parser keeps only these (strconv.IsPrint) plus the whitespace inside a value.
+    return ch == " " or unicodedata.category(ch)[0] in "LMNPS"
+
+
+def _quote(value: str, what: str, bare: bool = False) -> str:
+    """value as one Modelfile argument that Ollama's parser reads back unchanged, else
+    ValueError. The parser ends a quoted value at the first line break where the text so far
+    is a closed quote, so triple quotes hold anything but a line that ends in three quotes
+    (single quotes would fail there too)."""
+    for i, ch in enumerate(value):
+        if not (_go_printable(ch) or ch in "\t\n\r"):
+            name = unicodedata.name(ch, "a control character")
+            raise ValueError(f"{what} has U+{ord(ch):04X} ({name}) at character {i}: Ollama's "
+                             "Modelfile parser silently drops it. Remove it (register() sends "
+                             "text through the API, which keeps it).")
+    if bare and value and value.strip(_GO_SPACE) == value and not value.startswith('"') \
+            and "\n" not in value and "\r" not in value:
+        return value
+    lines = re.split(r"[\r\n]", value)
+    for n, line in enumerate(lines[:-1], 1):
+        if line.rstrip(_GO_SPACE).endswith('"""'):
+            raise ValueError(f"{what} cannot be written to a Modelfile: its line {n} ends with "
+                             f"three quotes, which would end Ollama's quoting early: {line!r}. "
+                             "Rephrase that line.")
+    return '"""' + value + '"""'
+
+
+def _go_actions(template: str) -> list[tuple[bool, str]]:
+    """Split a Go template into (is_action, text) pieces, skipping over strings, raw strings
+    and comments inside actions."""
+    pieces, i = [], 0
+    while (j := template.find("{{", i)) >= 0:
+        pieces.append((False, template[i:j]))
+        k = j + 2
+        pattern = re.compile(r'}}|"(?:\\.|[^"\\])*"|`[^`]*`|\'(?:\\.|[^\'\\])*\'|/\*.*?\*/',
+                             re.DOTALL)
+        while (m := pattern.search(template, k)) and m.group() != "}}":
+            k = m.end()
+        if m is None:
+            raise ValueError(f"TEMPLATE has an unclosed action at character {j}")
+        pieces.append((True, template[j:m.end()]))
+        i = m.end()
+    pieces.append((False, template[i:]))
+    return pieces
+
+
+def _go_escape_text(text: str) -> str:
+    """Template text with runs of 3+ quotes and unprintable runes moved into string actions
+    ({{ "\\"\\"\\"" }}), which render the same characters."""
+    out = re.sub(r'"{3,}', lambda m: '{{ "' + '\\"' * len(m.group()) + '" }}', text)
+    return "".join(ch if _go_printable(ch) or ch in "\t\n\r" else
+                   '{{ "%s" }}' % (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000
+                                   else f"\\U{ord(ch):08x}") for ch in out)
+
+
+def _template_value(template: str) -> str:
+    try:
+        return _quote(template, "TEMPLATE")
+    except ValueError:
+        rewritten = "".join(p if action else _go_escape_text(p)
+                            for action, p in _go_actions(template))
+        return _quote(rewritten, "TEMPLATE")
+
+
+def check_parameters(parameters: dict | None, stop: tuple[str, ...] = ()) -> dict:
+    """Validated Ollama parameters, with `stop` = the format's stops then any extra ones.
+
+    >>> check_parameters({"temperature": 0.7}, ("<|im_end|>",))
+    {'stop': ['<|im_end|>'], 'temperature': 0.7}
+    """
+    params = dict(parameters or {})
+    extra = params.pop("stop", [])
+    stops = list(dict.fromkeys([*stop, *([extra] if isinstance(extra, str) else extra)]))
+    out: dict = {"stop": stops} if stops else {}
+    for name, value in params.items():
+        kind = PARAMETER_TYPES.get(name)
+        if name in DEPRECATED:
+            raise ValueError(f"parameter {name!r} is deprecated: Ollama ignores it; remove it")
+        if kind is None:
+            raise ValueError(f"unknown Ollama parameter {name!r}; valid: "
+                             f"{', '.join(sorted(PARAMETER_TYPES))}")
+        ok = isinstance(value, bool) if kind is bool else (
+            isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (kind is float or isinstance(value, int)))
+        if not ok or kind is float and not abs(value) < 3.4e38:
+            raise ValueError(f"parameter {name!r} needs a finite {kind.__name__}, got {value!r}")
+        out[name] = float(value) if kind is float else value
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+    return out
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        rel = Path(os.path.relpath(path.absolute(), base.absolute())).as_posix()
+    except ValueError:  # another drive on Windows
+        return path.absolute().as_posix()
+    # "./" keeps a name such as "~x.gguf" from being read as a home directory.
+    return rel if rel.startswith("../") else "./" + rel
+
+
+def render_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=None,
+                     modelfile_dir=None) -> str:
+    """The Modelfile text registering `gguf` with chat_format's TEMPLATE and stop strings.
+
+    Paths are written relative to modelfile_dir (default: the GGUF's folder). With `adapter`,
+    `gguf` is the base model and the adapter GGUF goes on an ADAPTER line. TEMPLATE and SYSTEM
+    are quoted with triple quotes; a TEMPLATE whose text Ollama's quoting cannot hold (a line
+    ending in three quotes, an unprintable character) is rewritten with equivalent Go string
+    actions. A SYSTEM text that cannot be held (a line ending in three quotes and another in one
+    quote, or a character the parser drops) is rejected with ValueError, never altered.
+
+    >>> print(render_modelfile("out/m.gguf", get_chat_format("chatml")))  # doctest: +SKIP
+    FROM ./m.gguf
+    TEMPLATE \"\"\"{{ range $i, $m := .Messages }}...\"\"\"
+    PARAMETER stop <|im_end|>
+    PARAMETER stop <|im_start|>
+    """
+    gguf = Path(gguf)
+    base = Path(modelfile_dir) if modelfile_dir is not None else gguf.parent
+    lines = [f"FROM {_quote(_relative(gguf, base), 'FROM path', bare=True)}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER {_quote(_relative(Path(adapter), base), 'ADAPTER path', True)}")
+    lines.append(f"TEMPLATE {_template_value(chat_format.go_template)}")
+    if system:
+        lines.append(f"SYSTEM {_quote(system, 'SYSTEM')}")
+    for name, value in check_parameters(parameters, tuple(chat_format.stop)).items():
+        values = value if name == "stop" else [value]
+        for v in values:
+            text = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            lines.append(f"PARAMETER {name} {_quote(text, f'PARAMETER {name}', bare=True)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=None,
+                    path=None) -> Path:
+    """Write render_modelfile(...) atomically to `path` (default: Modelfile next to the GGUF).
+
+    >>> write_modelfile("out/m.gguf", get_chat_format("chatml"))  # doctest: +SKIP
+    PosixPath('out/Modelfile')
+    """
+    path = Path(path) if path is not None else Path(gguf).parent / "Modelfile"
+    text = render_modelfile(gguf, chat_format, system=system, parameters=parameters,
+                            adapter=adapter, modelfile_dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".Modelfile.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

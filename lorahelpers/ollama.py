@@ -1,0 +1,442 @@
+"""Ollama: the Modelfile for a fine-tuned GGUF, registration over the REST API, a managed
+`ollama serve` for Colab, and a chat call for the notebook's last cell.
+
+The TEMPLATE and stop strings always come from the training ChatFormat, so Ollama builds the
+same prompt the model was trained on and stops where training taught it to.
+
+    >>> server = start_server()                                   # doctest: +SKIP
+    >>> register("my-model", "out/model-q8_0.gguf", get_chat_format("chatml"))  # doctest: +SKIP
+    >>> chat("my-model", "What is LoRA?")                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .modelfile import check_parameters, render_modelfile, write_modelfile  # noqa: F401
+
+MIN_VERSION = (0, 5, 5)  # first server with the structured /api/create (files, template, ...)
+INSTALL_SCRIPT = "https://ollama.com/install.sh"
+_HOST, _NS = r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}", r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
+_NAME = re.compile(rf"(?:(?:(?:(?!://).)*://)?{_HOST}/{_NS}/|{_NS}/)?{_PART}(?::{_PART})?",
+                   re.DOTALL)
+
+
+class OllamaError(RuntimeError):
+    """Ollama cannot do what was asked; the message says why and how to fix it."""
+
+
+# ---------------------------------------------------------------- server access
+
+def validate_model_name(name: str) -> str:
+    """name, if Ollama accepts it as a model name ([namespace/]model[:tag]); else OllamaError.
+
+    >>> validate_model_name("smollm2-tuned:v1")
+    'smollm2-tuned:v1'
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise OllamaError(
+            f"invalid model name {name!r}: use [namespace/]model[:tag], each part 1-80 of the "
+            "characters A-Z a-z 0-9 _ - . starting with a letter, digit or _ (no '.' in the "
+            "namespace), e.g. 'my-model' or 'my-model:v1'")
+    return name
+
+
+def base_url(host: str | None = None) -> str:
+    """The server URL for host (else $OLLAMA_HOST, else 127.0.0.1:11434), as the client reads it.
+
+    >>> base_url("localhost:8080")
+    'http://localhost:8080'
+    """
+    host = host or os.environ.get("OLLAMA_HOST") or ""
+    scheme, sep, rest = host.partition("://")
+    default_port = {"http": 80, "https": 443}.get(scheme, 11434) if sep else 11434
+    if not sep:
+        scheme, rest = "http", host
+    split = urllib.parse.urlsplit(f"{scheme}://{rest}")
+    hostname = split.hostname or "127.0.0.1"
+    hostname = f"[{hostname}]" if ":" in hostname else hostname
+    port = split.port or default_port
+    path = split.path.strip("/")
+    return f"{scheme}://{hostname}:{port}" + (f"/{path}" if path else "")
+
+
+def _request(url: str, method: str = "GET", body=None, timeout: float = 30):
+    """(status, parsed JSON or None) of one plain HTTP request; raises URLError when down."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, {"error": raw.decode(errors="replace")}
+
+
+def server_available(host: str | None = None) -> str | None:
+    """The version of the Ollama server at host, or None when none answers.
+
+    >>> server_available() or "no server"                        # doctest: +SKIP
+    '0.12.3'
+    """
+    try:
+        status, body = _request(base_url(host) + "/api/version", timeout=3)
+        return str(body["version"]) if status == 200 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+def _require_server(url: str) -> str:
+    version = server_available(url)
+    if version is None:
+        raise OllamaError(
+            f"No Ollama server answers at {url}. Start one: run `ollama serve` in a terminal "
+            "(install: https://ollama.com/download), or in Python `from lorahelpers.ollama "
+            "import start_server; server = start_server()` (on Colab: start_server(install="
+            "True)). If it runs elsewhere, pass host= or set OLLAMA_HOST.")
+    if (0, 0, 0) < _version(version) < MIN_VERSION:
+        need = ".".join(map(str, MIN_VERSION))
+        raise OllamaError(
+            f"The Ollama server at {url} is version {version}; registering needs {need} or "
+            f"newer (the structured /api/create). Upgrade it: curl -fsSL {INSTALL_SCRIPT} | sh")
+    return version
+
+
+# ---------------------------------------------------------------- registration
+
+def sha256_file(path: Path) -> str:
+    """'sha256:<hex>' of a file, read in 1 MiB chunks (GGUFs can be many GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def _gguf_file(path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise OllamaError(f"{what} {path} does not exist: export the model first "
+                          "(lorahelpers.export) or pass the path of a .gguf file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise OllamaError(f"{what} {path} is not a GGUF file (invalid file magic {magic!r}; "
+                          "Ollama answers 'supplied file was not in GGUF format'). Export "
+                          "it with lorahelpers.export, which writes GGUF.")
+    return path
+
+
+def _gguf_metadata(path: Path) -> dict:
+    """general.type (as Ollama reads it) and tokenizer.chat_template of a GGUF, or {} when
+    this gguf reader cannot read the file (the checks that use them are advisory)."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(path).fields
+    except Exception:
+        return {}
+    meta = {k: fields[k].contents() for k in ("general.type", "tokenizer.chat_template")
+            if k in fields}
+    return {"general.type": "model", **meta}
+
+
+def _upload(client, url: str, path: Path, progress) -> str:
+    digest = sha256_file(path)
+    status, _ = _request(f"{url}/api/blobs/{digest}", "HEAD")
+    if status == 200:
+        progress(f"{path.name}: already on the server ({digest[:19]}...)")
+        return digest
+    progress(f"uploading {path.name} ({path.stat().st_size / 2**20:.1f} MiB)")
+    import ollama
+
+    try:
+        sent = client.create_blob(path)
+    except ollama.ResponseError as e:
+        hint = (" The file changed while it was being sent: wait until nothing writes to it "
+                "(an export still running?) and register again.") \
+            if "digest mismatch" in e.error else ""
+        raise OllamaError(f"uploading {path} to {url} failed: {e.error}.{hint}") from None
+    if sent != digest:
+        raise OllamaError(f"{path} changed during the upload ({digest} before, {sent} after): "
+                          "wait until nothing writes to it and register again")
+    return digest
+
+
+def _create_error(name: str, error: str, chat_format) -> OllamaError:
+    if "template" in error:
+        return OllamaError(f"Ollama rejected the TEMPLATE of chat format "
+                           f"{getattr(chat_format, 'name', '?')!r}: {error}")
+    if "GGUF format" in error or "file magic" in error or error == "unknown type":
+        return OllamaError(f"Ollama could not read the model file as GGUF: {error}. Export it "
+                           "again with lorahelpers.export.")
+    return OllamaError(f"ollama create {name} failed: {error}")
+
+
+def _create_api(url, name, gguf, adapter, chat_format, system, params, progress):
+    import httpx
+    import ollama
+
+    client = ollama.Client(host=url)
+    try:
+        files = {gguf.name: _upload(client, url, gguf, progress)}
+        adapters = {adapter.name: _upload(client, url, adapter, progress)} if adapter else None
+        last = None
+        for update in client.create(model=name, files=files, adapters=adapters,
+                                    template=chat_format.go_template, system=system or None,
+                                    parameters=params, stream=True):
+            if update.status != last:
+                progress(update.status)
+                last = update.status
+    except ollama.ResponseError as e:
+        raise _create_error(name, e.error, chat_format) from None
+    except (ConnectionError, httpx.TransportError) as e:
+        raise OllamaError(f"lost the Ollama server at {url} while registering {name}: {e}. "
+                          "Is it still running?") from None
+
+
+def _create_cli(url, name, gguf, adapter, chat_format, system, params, progress):
+    binary = shutil.which("ollama")
+    if binary is None:
+        raise OllamaError("neither the ollama Python client (pip install ollama) nor the "
+                          "ollama command is available")
+    try:
+        modelfile = write_modelfile(gguf, chat_format, system=system, parameters=params,
+                                    adapter=adapter)
+    except ValueError as e:
+        raise OllamaError(f"{e}. Install the Python client (pip install ollama) to register "
+                          "through the API instead.") from None
+    progress(f"ollama create {name} -f {modelfile}")
+    proc = subprocess.Popen([binary, "create", name, "-f", str(modelfile)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OLLAMA_HOST": url}, errors="replace")
+    lines = []
+    for raw in proc.stdout:
+        line = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).strip()
+        if line:
+            lines.append(line)
+            progress(line)
+    if proc.wait() != 0:
+        errors = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
+        raise _create_error(name, "\n".join(errors or lines[-5:])
+                            or f"exit code {proc.returncode}", chat_format)
+
+
+def register(name, gguf, chat_format, host=None, system=None, parameters=None, adapter=None,
+             progress=print, via="auto", verify=True) -> dict:
+    """Register a GGUF with Ollama under `name`, using chat_format's TEMPLATE and stops.
+
+    Checks the name, the file, the server and its version; uploads the GGUF (and the LoRA
+    GGUF in adapter mode, where `gguf` is the base) unless the server has it; creates the
+    model; with verify, runs a one-token chat; returns what /api/show reports. `via` is "api"
+    (the ollama Python client), "cli" (`ollama create -f Modelfile`) or "auto" (the API when
+    the client is installed, else the command).
+
+    >>> info = register("my-model", "out/model-q8_0.gguf", get_chat_format("chatml"))  # doctest: +SKIP
+    >>> info["details"]["quantization_level"]                      # doctest: +SKIP
+    'Q8_0'
+    """
+    if via not in ("auto", "api", "cli"):
+        raise ValueError(f"via must be 'auto', 'api' or 'cli', got {via!r}")
+    name = validate_model_name(name)
+    gguf = _gguf_file(gguf, "GGUF")
+    adapter = _gguf_file(adapter, "adapter") if adapter is not None else None
+    try:
+        params = check_parameters(parameters, tuple(chat_format.stop))
+    except ValueError as e:
+        raise OllamaError(str(e)) from None
+    meta = _gguf_metadata(gguf)
+    if adapter is not None and _gguf_metadata(adapter).get("general.type") == "model":
+        raise OllamaError(f"adapter {adapter} is not a LoRA GGUF (general.type is not "
+                          "'adapter'): export the adapter with lorahelpers.export")
+    jinja = getattr(chat_format, "jinja_template", None)
+    if adapter is None and jinja and meta.get("tokenizer.chat_template", jinja) != jinja:
+        progress(f"warning: the chat template inside {gguf.name} differs from chat format "
+                 f"{chat_format.name!r}; Ollama 0.30+ may use the GGUF's own template")
+    url = base_url(host)
+    version = _require_server(url)
+    progress(f"Ollama {version} at {url}")
+    if via == "auto":
+        try:
+            import ollama  # noqa: F401
+            via = "api"
+        except ImportError:
+            via = "cli"
+    create = _create_api if via == "api" else _create_cli
+    try:
+        create(url, name, gguf, adapter, chat_format, system, params, progress)
+        status, info = _request(f"{url}/api/show", "POST", {"model": name})
+        if status != 200:
+            raise OllamaError(f"created {name} but /api/show answered {status}: {info}")
+        if verify:
+            status, answer = _request(f"{url}/api/chat", "POST", timeout=600, body={
+                "model": name, "stream": False, "options": {"num_predict": 1},
+                "messages": [{"role": "user", "content": "Hello"}]})
+            if status != 200:
+                raise OllamaError(f"registered {name}, but a test chat failed: {answer}")
+            progress(f"{name} answers: registration verified")
+    except (urllib.error.URLError, ConnectionError) as e:
+        raise OllamaError(f"lost the Ollama server at {url} while registering {name}: {e}. "
+                          "Is it still running?") from None
+    return info
+
+
+def chat(name, messages, host=None, stream=True, options=None) -> str:
+    """Ask a registered model; messages is a list of {"role", "content"} or one user string.
+    With stream, the reply is printed as it arrives. Returns the whole reply.
+
+    >>> chat("my-model", "What is LoRA?")                         # doctest: +SKIP
+    """
+    import httpx
+    import ollama
+
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    url = base_url(host)
+    client = ollama.Client(host=url)
+    try:
+        if not stream:
+            return client.chat(model=name, messages=messages, options=options).message.content
+        parts = []
+        for chunk in client.chat(model=name, messages=messages, options=options, stream=True):
+            piece = chunk.message.content or ""
+            print(piece, end="", flush=True)
+            parts.append(piece)
+        print()
+        return "".join(parts)
+    except ollama.ResponseError as e:
+        if e.status_code == 404:
+            raise OllamaError(f"model {name!r} is not registered at {url} ({e.error}): "
+                              f"register({name!r}, gguf, chat_format) first") from None
+        raise OllamaError(f"chat with {name!r} failed: {e.error}") from None
+    except (ConnectionError, httpx.TransportError):
+        _require_server(url)
+        raise
+
+
+# ---------------------------------------------------------------- managed server
+
+@dataclass
+class ServerHandle:
+    """A running Ollama server; stop() ends it if start_server started it."""
+
+    url: str
+    version: str
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _install() -> str:
+    if not sys.platform.startswith("linux"):
+        raise OllamaError("install=True works on Linux (Colab); elsewhere install Ollama from "
+                          "https://ollama.com/download")
+    sudo = [] if os.geteuid() == 0 or not shutil.which("sudo") else ["sudo"]
+
+    def run(cmd, what):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise OllamaError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+
+    if shutil.which("zstd") is None:  # the installer unpacks a .tar.zst since 0.14
+        apt = [*sudo, "apt-get", "install", "-y", "zstd"]
+        if subprocess.run(apt, capture_output=True).returncode != 0:
+            run([*sudo, "apt-get", "update"], "apt-get update")
+            run(apt, "apt-get install -y zstd")
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "install.sh"
+        run(["curl", "-fsSL", "-o", str(script), INSTALL_SCRIPT], f"downloading {INSTALL_SCRIPT}")
+        run(["sh", str(script)], "the Ollama install script")
+    binary = shutil.which("ollama")
+    if binary is None:
+        raise OllamaError("the Ollama install script ran but no ollama command is on PATH")
+    return binary
+
+
+def start_server(install=False, timeout=60, host=None, log_path=None) -> ServerHandle:
+    """Start `ollama serve` in the background (log in a file) and wait until it answers.
+
+    A server already answering at host is returned as is (its stop() does nothing). With
+    install=True on Linux/Colab a missing ollama is installed first (zstd, then the official
+    script; OLLAMA_VERSION pins the version).
+
+    >>> server = start_server(install=True)                       # doctest: +SKIP
+    >>> server.stop()                                             # doctest: +SKIP
+    """
+    url = base_url(host)
+    if version := server_available(url):
+        return ServerHandle(url, version)
+    binary = shutil.which("ollama") or (_install() if install else None)
+    if binary is None:
+        raise OllamaError("The ollama command is not on PATH. Install it from "
+                          "https://ollama.com/download, or on Colab/Linux call "
+                          "start_server(install=True).")
+    log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / "ollama-serve.log"
+    env = {**os.environ, "OLLAMA_HOST": urllib.parse.urlsplit(url).netloc}
+    with open(log_path, "wb") as log:  # a fresh log, so its tail is about this start
+        proc = subprocess.Popen([binary, "serve"], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    handle = ServerHandle(url, "", log_path, proc)
+    deadline = time.monotonic() + timeout
+    try:
+        while not (version := server_available(url)):
+            if proc.poll() is not None:
+                raise OllamaError(f"`ollama serve` exited with code {proc.returncode} before "
+                                  f"answering at {url}. Its log {log_path} ends with:\n"
+                                  f"{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise OllamaError(f"`ollama serve` did not answer at {url} within {timeout} s "
+                                  f"and was stopped. Its log {log_path} ends with:\n"
+                                  f"{_tail(log_path)}")
+            time.sleep(0.2)
+    except BaseException:
+        handle.stop()
+        raise
+    handle.version = version
+    return handle

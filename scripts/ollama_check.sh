@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Check lorahelpers against a real Ollama: register the demo model, ask it three questions from
+# the held-out sample data, print the answers (next to the expected ones) and the server version.
+#
+#   bash scripts/ollama_check.sh [MODEL.gguf] [NAME]
+#
+# MODEL.gguf defaults to the q8_0 GGUF that `make demo` wrote under outputs/demo; NAME to
+# lorahelpers-check. OLLAMA_HOST picks the server (default 127.0.0.1:11434); when none answers
+# and the ollama command is installed, one is started for the check and stopped afterwards.
+# CHAT_FORMAT (default chatml, the demo's) must be the format the model was trained with.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+
+gguf=${1:-}
+if [ -z "$gguf" ]; then
+  gguf=$(find outputs/demo -name '*q8_0*.gguf' 2>/dev/null | sort | head -n 1 || true)
+  if [ -z "$gguf" ]; then
+    echo "No q8_0 GGUF under outputs/demo: run 'make demo' first, or pass a .gguf path." >&2
+    exit 1
+  fi
+fi
+name=${2:-lorahelpers-check}
+
+exec "$PY" - "$gguf" "$name" "${CHAT_FORMAT:-chatml}" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+from lorahelpers import ollama
+from lorahelpers.chat import get_chat_format
+
+gguf, name, format_name = sys.argv[1:4]
+server = None
+try:
+    if ollama.server_available() is None:
+        print("No Ollama server answers; starting `ollama serve` for this check.")
+        server = ollama.start_server()
+    print(f"Ollama server version: {ollama.server_available()} at {ollama.base_url()}")
+    info = ollama.register(name, gguf, get_chat_format(format_name))
+    details = info.get("details", {})
+    print(f"registered {name}: {details.get('family')} {details.get('parameter_size')} "
+          f"{details.get('quantization_level')}")
+    rows = [json.loads(line) for line in Path("data/alpaca_eval.jsonl").open()][:3]
+    for row in rows:
+        question = row["instruction"]
+        if row.get("input"):
+            question += "\n\n### Input:\n" + row["input"]
+        print(f"\nQ: {question}\nA: ", end="", flush=True)
+        ollama.chat(name, question)
+        print(f"(expected: {row['output']})")
+    print(f"\nOllama server version: {ollama.server_available()}")
+except ollama.OllamaError as e:
+    sys.exit(f"error: {e}")
+finally:
+    if server is not None:
+        server.stop()
+EOF

@@ -1,0 +1,453 @@
+"""lorahelpers.ollama against the test double of Ollama's REST API (tests/ollama_double.py):
+registration and its errors, what the double rejects, chat, the CLI fallback, start_server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import ollama as ollama_client
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lorahelpers import ollama
+from lorahelpers.chat import get_chat_format
+from lorahelpers.ollama import OllamaError
+from tests.modelfile_check import check, name_is_valid
+from tests.ollama_double import OllamaDouble, write_tiny_gguf
+
+CHATML = get_chat_format("chatml")
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "What is the capital of France?"
+
+
+@dataclass(frozen=True)
+class Fmt:
+    go_template: str
+    stop: tuple = ("</s>",)
+    name: str = "broken"
+
+
+@pytest.fixture
+def double():
+    with OllamaDouble() as d:
+        yield d
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return write_tiny_gguf(tmp_path / "tiny.gguf")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url, method="GET", body=None, data=None):
+    """(status, content type, text) of one request, errors included."""
+    if body is not None:
+        data = json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.headers.get("Content-Type"), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+
+def upload(double, data: bytes) -> str:
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    assert http(f"{double.url}/api/blobs/{digest}", "POST", data=data)[0] == 201
+    return digest
+
+
+def fake_ollama(bin_dir: Path) -> Path:
+    """An `ollama` command on bin_dir that runs the double (serve) or its CLI (create)."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "ollama"
+    script.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{REPO}/tests/fake_ollama.py" "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+# ---------------------------------------------------------------- names, hosts
+
+@pytest.mark.parametrize("name", ["my-model", "my-model:v1", "me/my_model:q8_0",
+                                  "host.io:5000/me/m:t", "a" * 80])
+def test_valid_names(name):
+    assert ollama.validate_model_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["my model", "-x", "x:", "a/b/c/d", "na.me/x", "modèle",
+                                  "a" * 81, "", "x:-y"])
+def test_invalid_names(name):
+    with pytest.raises(OllamaError, match="invalid model name"):
+        ollama.validate_model_name(name)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab_-.:/9é !", max_size=14))
+def test_name_rules_match_ollamas(name):
+    try:
+        ok = ollama.validate_model_name(name) == name
+    except OllamaError:
+        ok = False
+    assert ok == name_is_valid(name)
+
+
+@pytest.mark.parametrize("host", [None, "", "1.2.3.4", ":56789", "1.2.3.4:56789",
+                                  "http://1.2.3.4", "https://example.com:56789/path/",
+                                  "example.com/path", "[::1]:8080", "http://[::1]"])
+def test_base_url_reads_hosts_like_the_official_client(host, monkeypatch):
+    from ollama._client import _parse_host
+
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    assert ollama.base_url(host) == _parse_host(host)
+
+
+def test_base_url_uses_ollama_host(monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:9999")
+    assert ollama.base_url() == "http://0.0.0.0:9999"
+
+
+def test_server_available(double):
+    assert ollama.server_available(double.url) == double.version
+    assert ollama.server_available(f"127.0.0.1:{free_port()}") is None
+
+
+# ---------------------------------------------------------------- register
+
+def test_register_uploads_creates_and_returns_show(double, tiny):
+    said = []
+    info = ollama.register("tiny-test", tiny, CHATML, host=double.url, system="Be brief.",
+                           parameters={"temperature": 0.1}, progress=said.append, verify=False)
+    digest = ollama.sha256_file(tiny)
+    sent = double.creates[-1]
+    assert sent["files"] == {"tiny.gguf": digest} and "adapters" not in sent
+    assert sent["template"] == CHATML.go_template and sent["system"] == "Be brief."
+    assert sent["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": 0.1}
+    assert info["template"] == CHATML.go_template and info["system"] == "Be brief."
+    assert info["parameters"].splitlines()[0] == 'stop                           "<|im_end|>"'
+    assert info["details"]["family"] == "llama"
+    assert said[0] == f"Ollama {double.version} at {double.url}"
+    assert "uploading tiny.gguf (0.0 MiB)" in said and said[-1] == "success"
+    assert double.uploads == [digest]
+
+    said.clear()  # again: the blob is on the server already, nothing is sent twice
+    ollama.register("tiny-test", tiny, CHATML, host=double.url, progress=said.append,
+                    verify=False)
+    assert double.uploads == [digest]
+    assert f"tiny.gguf: already on the server ({digest[:19]}...)" in said
+    models = json.loads(http(f"{double.url}/api/tags")[2])["models"]
+    assert [m["name"] for m in models] == ["tiny-test"]
+
+
+def test_adapter_mode_sends_the_lora_as_adapter(double, tiny, tmp_path):
+    lora = write_tiny_gguf(tmp_path / "lora.gguf", general_type="adapter")
+    info = ollama.register("with-lora", tiny, CHATML, host=double.url, adapter=lora,
+                           progress=lambda s: None, verify=False)
+    assert double.creates[-1]["adapters"] == {"lora.gguf": ollama.sha256_file(lora)}
+    assert "\nADAPTER " in info["modelfile"]
+    with pytest.raises(OllamaError, match="is not a LoRA GGUF"):
+        ollama.register("with-lora", tiny, CHATML, host=double.url, adapter=tiny,
+                        progress=lambda s: None, verify=False)
+
+
+def test_errors_found_before_contacting_a_server(tmp_path, tiny):
+    nowhere = f"127.0.0.1:{free_port()}"
+    with pytest.raises(OllamaError, match="invalid model name 'my model'"):
+        ollama.register("my model", tiny, CHATML, host=nowhere)
+    with pytest.raises(OllamaError, match="does not exist: export the model first"):
+        ollama.register("m", tmp_path / "missing.gguf", CHATML, host=nowhere)
+    zipped = tmp_path / "model.gguf"
+    zipped.write_bytes(b"PK\x03\x04rest")
+    with pytest.raises(OllamaError, match=r"not a GGUF file \(invalid file magic b'PK"):
+        ollama.register("m", zipped, CHATML, host=nowhere)
+    with pytest.raises(OllamaError, match="unknown Ollama parameter 'max_tokens'"):
+        ollama.register("m", tiny, CHATML, host=nowhere, parameters={"max_tokens": 3})
+
+
+def test_server_not_running_says_how_to_start_it(tiny):
+    with pytest.raises(OllamaError) as info:
+        ollama.register("m", tiny, CHATML, host=f"127.0.0.1:{free_port()}", verify=False)
+    assert "No Ollama server answers" in str(info.value)
+    assert "`ollama serve`" in str(info.value) and "start_server()" in str(info.value)
+
+
+@pytest.mark.parametrize("version, ok", [("0.5.4", False), ("0.1.32", False), ("0.5.5", True),
+                                         ("0.12.6-rc1", True), ("0.0.0", True)])
+def test_server_version_is_checked(tiny, version, ok):
+    with OllamaDouble(version=version) as old:
+        if ok:
+            ollama.register("m", tiny, CHATML, host=old.url, progress=lambda s: None,
+                            verify=False)
+        else:
+            with pytest.raises(OllamaError, match=rf"version {version}; registering needs "
+                                                  r"0\.5\.5 or newer"):
+                ollama.register("m", tiny, CHATML, host=old.url, verify=False)
+            assert old.creates == []
+
+
+def test_template_error_names_the_format(double, tiny):
+    with pytest.raises(OllamaError) as info:
+        ollama.register("m", tiny, Fmt("{{ range .Messages }"), host=double.url,
+                        progress=lambda s: None, verify=False)
+    assert str(info.value).startswith("Ollama rejected the TEMPLATE of chat format 'broken': "
+                                      "template error: template: :1: unexpected")
+
+
+def test_a_file_that_changes_during_upload_is_a_digest_mismatch(double, tmp_path):
+    big = tmp_path / "big.gguf"
+    big.write_bytes(b"GGUF" + bytes(32 << 20))  # larger than any socket buffer
+
+    def change_the_end():  # runs after the client hashed the file, before the server reads
+        with open(big, "r+b") as f:
+            f.seek(-8, os.SEEK_END)
+            f.write(b"changed!")
+
+    double.before_blob_body = change_the_end
+    with pytest.raises(OllamaError, match="digest mismatch.*changed while it was being sent"):
+        ollama.register("m", big, CHATML, host=double.url, progress=lambda s: None)
+
+
+def test_a_file_that_changed_after_hashing_is_caught(double, tiny, monkeypatch):
+    monkeypatch.setattr(ollama, "sha256_file", lambda path: "sha256:" + "0" * 64)
+    with pytest.raises(OllamaError, match="changed during the upload"):
+        ollama.register("m", tiny, CHATML, host=double.url, progress=lambda s: None)
+
+
+def test_verify_catches_a_model_that_cannot_answer(double, tiny):
+    with pytest.raises(OllamaError, match="registered m, but a test chat failed"):
+        ollama.register("m", tiny, CHATML, host=double.url, progress=lambda s: None)
+
+
+# ---------------------------------------------------------------- what the double rejects
+
+def test_double_rejects_what_ollama_rejects(double):
+    gguf = upload(double, b"GGUF" + bytes(8))  # rejected before its content matters
+    text = upload(double, b"plain text")
+    missing = "sha256:" + "1" * 64
+
+    def create(**body):
+        return http(f"{double.url}/api/create", "POST", {"model": "m", **body})
+
+    assert create(files={"/abs/m.gguf": gguf}) == (
+        400, "application/json", '{"error": "file path must be relative"}')
+    assert create(files={"../m.gguf": gguf})[2] == '{"error": "file path must be relative"}'
+    assert create(files={"m.gguf": ""})[2] == '{"error": "invalid digest format"}'
+    assert create(model="bad name", files={"m.gguf": gguf})[:1] == (400,)
+    assert json.loads(create(model="bad name")[2]) == {"error": "invalid model name"}
+    assert json.loads(create()[2]) == {"error": "neither 'from' or 'files' was specified"}
+    assert create(files={"m.bin": text})[::2] == (400, '{"error": "unknown type"}')
+    # errors found after progress started: a final error line in the NDJSON stream
+    status, kind, body = create(files={"m.gguf": text})
+    assert (status, kind) == (200, "application/x-ndjson")
+    assert [json.loads(line) for line in body.splitlines()] == [
+        {"status": "parsing GGUF"}, {"error": "supplied file was not in GGUF format"}]
+    assert create(files={"m.gguf": text}, stream=False)[::2] == (
+        400, '{"error": "supplied file was not in GGUF format"}')
+    last = json.loads(create(files={"m.gguf": missing})[2].splitlines()[-1])
+    assert last["error"].endswith("no such file or directory")
+    assert json.loads(create(**{"from": "nope"})[2].splitlines()[-1]) == {
+        "error": "pull model manifest: file does not exist"}
+
+
+def test_double_blob_and_template_checks(double, tiny):
+    digest = ollama.sha256_file(tiny)
+    url = f"{double.url}/api/blobs/"
+    assert http(url + "sha256:abc", "HEAD")[0] == 400
+    assert http(url + digest, "HEAD")[0] == 404
+    assert http(url + "sha256:xyz", "POST", data=b"x")[2] == '{"error": "invalid digest format"}'
+    status, _, body = http(url + digest, "POST", data=b"other bytes")
+    assert status == 400 and body.startswith('{"error": "digest mismatch, expected \\"sha256:')
+    assert http(url + digest, "POST", data=tiny.read_bytes())[0] == 201
+    assert http(url + digest, "POST", data=tiny.read_bytes())[0] == 200
+    assert http(url + digest, "HEAD")[0] == 200
+    base = {"model": "t", "files": {"tiny.gguf": digest}}
+    status, _, body = http(f"{double.url}/api/create", "POST",
+                           {**base, "template": "{{ if }}", "stream": False})
+    assert status == 400 and json.loads(body)["error"].startswith("template error: template:")
+    assert http(f"{double.url}/api/create", "POST", {**base, "stream": False})[::2] == (
+        200, '{"status": "success"}')
+
+
+def test_double_missing_models_and_the_official_client(double, tiny):
+    assert http(f"{double.url}/api/show", "POST", {"model": "nope"})[::2] == (
+        404, '{"error": "model \'nope:latest\' not found"}')
+    assert http(f"{double.url}/api/chat", "POST", {"model": "nope", "messages": []})[::2] == (
+        404, '{"error": "model \'nope\' not found"}')
+    assert http(f"{double.url}/api/delete", "DELETE", {"model": "nope"})[::2] == (
+        404, '{"error": "model \'nope\' not found"}')
+    assert http(double.url + "/") == (200, "text/plain; charset=utf-8", "Ollama is running")
+    client = ollama_client.Client(host=double.url)
+    with pytest.raises(ollama_client.ResponseError) as info:
+        client.show("nope")
+    assert info.value.status_code == 404 and info.value.error == "model 'nope:latest' not found"
+    ollama.register("Tiny", tiny, CHATML, host=double.url, progress=lambda s: None,
+                    verify=False)
+    assert client.show("tiny").template == CHATML.go_template  # names match case-blind
+    assert client.list().models[0].model == "Tiny"
+    client.delete("tiny:latest")
+    assert client.list().models == []
+
+
+# ---------------------------------------------------------------- chat on a real model
+
+@pytest.fixture(scope="module")
+def smol_double():
+    """The double with the embedded SmolLM2 GGUF registered as "smol" (ChatML)."""
+    from lorahelpers.models import embedded_gguf
+
+    with OllamaDouble() as d:
+        ollama.register("smol", embedded_gguf(), CHATML, host=d.url,
+                        system="You are a helpful assistant", progress=lambda s: None)
+        yield d
+
+
+def test_chat_streams_and_uses_the_registered_template(smol_double, capsys):
+    reply = ollama.chat("smol", QUESTION, host=smol_double.url)
+    assert capsys.readouterr().out == reply + "\n"
+    assert reply.strip() and reply == smol_double.last_reply
+    assert smol_double.last_prompt == CHATML.render(
+        [{"role": "system", "content": "You are a helpful assistant"},
+         {"role": "user", "content": QUESTION}], add_generation_prompt=True)
+    assert ollama.chat("smol", QUESTION, host=smol_double.url, stream=False) == reply
+
+
+def test_chat_request_system_replaces_the_modelfile_one_and_turns_merge(smol_double):
+    ollama.chat("smol", [{"role": "system", "content": "Be terse."},
+                         {"role": "user", "content": "Hi"}, {"role": "user", "content": "Yo"}],
+                host=smol_double.url, stream=False, options={"num_predict": 2})
+    assert smol_double.last_prompt == ("<|im_start|>system\nBe terse.<|im_end|>\n"
+                                       "<|im_start|>user\nHi\n\nYo<|im_end|>\n"
+                                       "<|im_start|>assistant\n")
+
+
+def test_chat_honours_the_stop_list(smol_double):
+    full = ollama.chat("smol", QUESTION, host=smol_double.url, stream=False)
+    stop = full.split()[2]  # a word from the middle of the answer
+    cut = ollama.chat("smol", QUESTION, host=smol_double.url, stream=False,
+                      options={"stop": [stop]})
+    assert cut == full[:full.index(stop)] and cut
+
+
+def test_chat_errors(smol_double):
+    with pytest.raises(OllamaError, match="model 'nope' is not registered"):
+        ollama.chat("nope", "Hi", host=smol_double.url)
+    with pytest.raises(OllamaError, match="No Ollama server answers"):
+        ollama.chat("smol", "Hi", host=f"127.0.0.1:{free_port()}")
+
+
+# ---------------------------------------------------------------- the CLI fallback
+
+def test_register_through_the_cli(double, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{fake_ollama(tmp_path / 'bin').parent}:{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "ollama", None)  # the Python client is not installed
+    said = []
+    info = ollama.register("cli-model", tiny, CHATML, host=double.url, system='Say "hi"',
+                           progress=said.append, verify=False)
+    modelfile = tiny.parent / "Modelfile"
+    assert said[1] == f"ollama create cli-model -f {modelfile}"
+    assert check(modelfile.read_text()).one("template") == CHATML.go_template
+    assert double.creates[-1]["files"] == {"tiny.gguf": ollama.sha256_file(tiny)}
+    assert info["system"] == 'Say "hi"' and info["template"] == CHATML.go_template
+    with pytest.raises(OllamaError, match="Ollama rejected the TEMPLATE.*template error"):
+        ollama.register("cli-model", tiny, Fmt("{{ end }}"), host=double.url, via="cli",
+                        progress=lambda s: None, verify=False)
+
+
+# ---------------------------------------------------------------- start_server
+
+@pytest.fixture
+def started(monkeypatch):
+    """Records the processes start_server launches, and stops any left running."""
+    procs = []
+    real = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        procs.append(real(*args, **kwargs))
+        return procs[-1]
+
+    monkeypatch.setattr(ollama.subprocess, "Popen", popen)
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_start_server_starts_polls_and_stops(tmp_path, monkeypatch, started):
+    monkeypatch.setenv("PATH", f"{fake_ollama(tmp_path / 'bin').parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OLLAMA_DELAY", "1")  # answers only after a while: polling
+    host, log = f"127.0.0.1:{free_port()}", tmp_path / "serve.log"
+    with ollama.start_server(host=host, log_path=log, timeout=30) as server:
+        assert server.version == "0.12.6" and server.url == f"http://{host}"
+        assert ollama.server_available(host) == "0.12.6"
+        again = ollama.start_server(host=host)  # already running: reused, not restarted
+        assert again.process is None and len(started) == 1
+        again.stop()
+        assert ollama.server_available(host) == "0.12.6"
+    assert started[0].poll() is not None and ollama.server_available(host) is None
+    assert f"Listening on {host}" in log.read_text()
+
+
+def test_start_server_timeout_names_the_log_and_stops_the_process(tmp_path, monkeypatch,
+                                                                   started):
+    monkeypatch.setenv("PATH", f"{fake_ollama(tmp_path / 'bin').parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OLLAMA_DELAY", "60")
+    log = tmp_path / "serve.log"
+    with pytest.raises(OllamaError, match=rf"did not answer .* within 1 s and was stopped\. "
+                                          rf"Its log {log} ends with"):
+        ollama.start_server(host=f"127.0.0.1:{free_port()}", log_path=log, timeout=1)
+    assert started[0].poll() is not None
+
+
+def test_start_server_reports_a_server_that_exits(tmp_path, monkeypatch, started):
+    monkeypatch.setenv("PATH", f"{fake_ollama(tmp_path / 'bin').parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_OLLAMA_FAIL", "Error: listen tcp: bind: address already in use")
+    with pytest.raises(OllamaError, match="exited with code 1 before answering(.|\n)*"
+                                          "address already in use"):
+        ollama.start_server(host=f"127.0.0.1:{free_port()}", log_path=tmp_path / "l.log")
+
+
+def test_start_server_without_ollama_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(OllamaError, match=r"not on PATH.*start_server\(install=True\)"):
+        ollama.start_server(host=f"127.0.0.1:{free_port()}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the installer is Linux-only")
+def test_start_server_install_gets_zstd_then_runs_the_official_script(tmp_path, monkeypatch,
+                                                                       started):
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    for tool in ("sh", "cat", "cp", "chmod"):  # all the fake commands below need
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    installer = f'cp "{fake_ollama(tmp_path / "later")}" "{bin_dir}/ollama"\n'
+    for name, body in {
+        "apt-get": f'echo "apt-get $*" >> "{calls}"\nprintf "#!/bin/sh\\n" > "{bin_dir}/zstd"\n'
+                   f'chmod +x "{bin_dir}/zstd"\n',
+        "curl": f'echo "curl $*" >> "{calls}"\ncat > "$3" <<"EOF"\n{installer}EOF\n',
+    }.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    server = ollama.start_server(install=True, host=f"127.0.0.1:{free_port()}",
+                                 log_path=tmp_path / "serve.log", timeout=30)
+    server.stop()
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "apt-get install -y zstd"
+    assert lines[1].startswith("curl -fsSL -o ") and lines[1].endswith(" " + ollama.INSTALL_SCRIPT)
