@@ -69,7 +69,7 @@ def cmd_doctor(args) -> int:
 def cmd_demo(args) -> int:
     from lorahelpers.pipeline import run_demo
 
-    run_demo(steps=args.steps, output_dir=args.output_dir, quants=args.quants)
+    run_demo(max_steps=args.steps, output_dir=args.output_dir, quants=args.quants)
     return 0
 
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="fine-tune the embedded model on the Alpaca sample, export, verify, register"
     )
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: per device)")
-    demo.add_argument("--output-dir", default="outputs/demo", help="where everything is written")
+    demo.add_argument("--output-dir", default=None, help="where everything is written (default outputs/alpaca)")
     demo.add_argument("--quants", default=None, help="comma-separated GGUF types, e.g. q8_0,q4_k_m")
     return parser
 
