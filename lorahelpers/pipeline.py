@@ -205,6 +205,18 @@ class DemoSummary:
         width = max(len(k) for k, _ in self.rows())
         return "\n".join(f"{k:<{width}}  {v}" for k, v in self.rows())
 
+    def as_dict(self) -> dict:
+        return {"before": self.before.score, "after": self.after.score,
+                "gguf_scores": self.gguf_scores, "held_out_rows": self.after.n,
+                "verified": {q: r.passed for q, r in self.export.reports.items()},
+                "verification": {q: {"top1": r.top1, "mean_kl": r.mean_kl, "nmse": r.nmse,
+                                     "greedy_match": r.greedy_match, "status": r.status()}
+                                 for q, r in self.export.reports.items()},
+                "ggufs": {q: str(p) for q, p in self.export.ggufs.items()},
+                "modelfile": str(self.modelfile), "ollama": self.ollama,
+                "loss_plot": str(self.loss_plot), "train_seconds": self.train_seconds,
+                "total_seconds": self.total_seconds, "max_steps": self.params.max_steps}
+
 
 def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoSummary:
     """Fine-tune on the Alpaca sample with this machine's defaults, then export, verify and
@@ -259,6 +271,7 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
     progress(f"  {ollama_status}")
     summary = DemoSummary(params, before, after, gguf_scores, bundle, modelfile, ollama_status,
                           loss_plot, result.elapsed_s, time.perf_counter() - t0)
+    _write_json(out / "summary.json", summary.as_dict())
     progress("\n" + str(summary))
     return summary
 
@@ -269,6 +282,18 @@ def _stepper(progress, total: int):
     def step(message: str) -> None:
         progress(f"\n[{next(count)}/{total}] {message}")
     return step
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    import json
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+    return path
 
 
 def _save_figure(fig, path: Path) -> Path:
