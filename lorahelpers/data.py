@@ -1,6 +1,7 @@
 """Rows in, conversations out: Alpaca, ShareGPT, chat-message and plain table rows become
 conversations (lists of {"role", "content"} messages), validated loudly, then split
-train/eval. Loading lives in lorahelpers.tables and is re-exported here. No torch here.
+train/eval. Loading lives in lorahelpers.tables (workbooks and uploads in
+lorahelpers.files) and is re-exported here. No torch here.
 
 Row numbers in messages count data rows from 1, as a person does; the header is not a data
 row, so data row 5 of a CSV file is on line 6 (messages name both).
@@ -13,10 +14,12 @@ import json
 import random
 from collections import defaultdict
 
+from lorahelpers.files import save_upload, sheet_names
 from lorahelpers.tables import DataError, DataReport, load_table, render_value
 
-__all__ = ["DataError", "DataReport", "load_table", "render_value", "merge_columns",
-           "to_conversations", "extend_conversations", "split", "preview"]
+__all__ = ["DataError", "DataReport", "load_table", "render_value", "sheet_names",
+           "save_upload", "merge_columns", "to_conversations", "extend_conversations", "split",
+           "preview"]
 
 FORMATS = ("auto", "alpaca", "sharegpt", "messages", "table")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

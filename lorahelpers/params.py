@@ -14,6 +14,9 @@ ENV_PREFIX = "LORAHELPERS_"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 EMBEDDED = "embedded"  # stands for lorahelpers.models.embedded_base()
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")
+# The column-merge template of the sample orders (data/README.md)
+TABLE_TEMPLATE = ("Order of {item} ({category})[[, {weight_kg} kg]][[, gift note: {gift_note}]]. "
+                  "Zone {zone}, express: {express}, ordered {order_date}. Shipping in EUR?")
 
 
 @dataclass
@@ -31,6 +34,14 @@ class Params:
     eval_data: str = field(default="", metadata={
         "help": "held-out file; empty: split eval_size rows off the training data"})
     eval_size: int = field(default=40, metadata={"help": "held-out rows scored before/after"})
+    sheet: str = field(default="", metadata={
+        "help": "workbook sheet with the training rows; empty: the first sheet"})
+    eval_sheet: str = field(default="", metadata={
+        "help": "sheet of held-out rows (in eval_data, else in data); empty: none"})
+    template: str = field(default="", metadata={
+        "help": "tables: the prompt, with {column} for a cell and [[...]] left out when empty"})
+    output_column: str = field(default="", metadata={
+        "help": "tables: the column holding the answer the model should give"})
     scorer: str = field(default="exact", metadata={"help": "'exact', 'contains' or 'f1'"})
     system: str = field(default="", metadata={"help": "optional system prompt for every example"})
     max_steps: int = field(default=60, metadata={"help": "optimizer steps"})
@@ -58,6 +69,9 @@ class Params:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be between 0 and 1, got {self.learning_rate}")
+        if bool(self.template.strip()) != bool(self.output_column.strip()):
+            raise ValueError("template and output_column go together: set both to read a table "
+                             f"(template={self.template!r}, output_column={self.output_column!r})")
 
     def resolved_model(self) -> str:
         """The model path or Hub name to load ('embedded' becomes the cached checkpoint)."""
@@ -93,7 +107,9 @@ def default_params(kind: str = "alpaca", runtime: RuntimeReport | None = None,
                    "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),
                    "ollama_name": "lorahelpers-alpaca"}
     else:
-        values |= {"data": str(DATA_DIR / "table.xlsx"), "ollama_name": "lorahelpers-table"}
+        values |= {"data": str(DATA_DIR / "table.xlsx"), "sheet": "orders",
+                   "eval_sheet": "held_out", "template": TABLE_TEMPLATE,
+                   "output_column": "shipping_eur", "ollama_name": "lorahelpers-table"}
     if runtime.cuda:
         values |= {"model": "unsloth/Llama-3.2-3B-Instruct-bnb-4bit", "chat_format": "llama3",
                    "load_in_4bit": True, "max_steps": 60, "batch_size": 8,

@@ -24,13 +24,18 @@ class DataBundle:
 
 def prepare_data(params: Params, template: str | None = None, output_column: str | None = None,
                  sheet=None, eval_sheet=None) -> DataBundle:
-    """Conversations from params.data (and params.eval_data, else a seeded split of eval_size
-    rows). Tables need a column-merge `template` and an `output_column`.
+    """Conversations from params.data (and params.eval_data or params.eval_sheet, else a
+    seeded split of eval_size rows). Tables need a column-merge `template` and an
+    `output_column`; arguments left None come from the same-named params fields.
 
     >>> bundle = prepare_data(default_params("alpaca"))  # doctest: +SKIP
     """
     from lorahelpers.data import split, to_conversations
 
+    template = template if template is not None else params.template or None
+    output_column = output_column if output_column is not None else params.output_column or None
+    sheet = sheet if sheet is not None else params.sheet or None
+    eval_sheet = eval_sheet if eval_sheet is not None else params.eval_sheet or None
     kwargs = {"template": template, "output_column": output_column,
               "system": params.system or None, "seed": params.seed}
     if template is not None:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
-import difflib
 import html
 import io
 import json
 import math
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,7 +189,9 @@ def _read_file(path: Path, sheet):
     if suffix == ".json":
         return _read_json(path)
     if suffix == ".xlsx":
-        return _read_xlsx(path, sheet)
+        from lorahelpers.files import read_xlsx  # files imports this module
+
+        return read_xlsx(path, sheet)
     if suffix == ".parquet":
         try:
             return pd.read_parquet(path), DataReport(str(path))
@@ -350,53 +350,3 @@ def _read_json(path: Path):
             raise DataError(f"{path}, row {i + 1}: expected an object {{...}}, got "
                             f"{type(row).__name__}. Fix: every list item is an object")
     return pd.DataFrame.from_records(data), report
-
-
-def _read_xlsx(path: Path, sheet):
-    import openpyxl
-    from openpyxl.utils.exceptions import InvalidFileException
-
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc}). "
-                        "Fix: open it in Excel or LibreOffice and save it again as .xlsx, or "
-                        "export it as CSV") from exc
-    try:
-        names = book.sheetnames
-        if sheet is None:
-            name = names[0]
-        elif isinstance(sheet, int) and not isinstance(sheet, bool):
-            if not -len(names) <= sheet < len(names):
-                raise DataError(f"{path}: no sheet at index {sheet} (0-based); the workbook has "
-                                f"{len(names)}: {', '.join(names)}. Fix: pass sheet= a name or "
-                                f"an index from 0 to {len(names) - 1}")
-            name = names[sheet]
-        elif sheet in names:
-            name = sheet
-        else:
-            close = difflib.get_close_matches(str(sheet), names, n=1, cutoff=0.4)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise DataError(f"{path}: no sheet named {sheet!r}; the sheets are "
-                            f"{', '.join(map(repr, names))}.{hint} Fix: pass sheet= one of "
-                            "those names or a 0-based index")
-        cells = [list(r) for r in book[name].iter_rows(values_only=True)]
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise DataError(f"{path}: the workbook is damaged ({exc}). Fix: save it again as .xlsx "
-                        "or export it as CSV") from exc
-    finally:
-        book.close()
-    report = DataReport(f"{path} [{name}]")
-    report.line_word = "sheet row"
-    filled = [i for i, r in enumerate(cells) if any(render_value(c) for c in r)]
-    if not filled:
-        raise DataError(f"{path}: sheet {name!r} is empty. Fix: choose another sheet with "
-                        f"sheet=..., one of {', '.join(map(repr, names))}")
-    top = filled[0]
-    body = [i for i in filled if i > top]
-    if filled[-1] - top > len(body):
-        report.drop("blank row", filled[-1] - top - len(body))
-    header, rows = _check_header(path, cells[top], [cells[i] for i in body],
-                                 f"sheet {name!r} row {top + 1}")
-    report.lines = [i + 1 for i in body]
-    return pd.DataFrame(rows, columns=header, dtype=object), report

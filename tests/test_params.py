@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorahelpers.params import Params, default_params
+from lorahelpers.params import TABLE_TEMPLATE, Params, default_params
 from lorahelpers.runtime import RuntimeReport
 
 
@@ -58,3 +58,27 @@ def test_bad_values_are_named(env, message):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="'alpaca' or 'table'"):
         Params(kind="csv")
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["cpu-defaults", "cuda-defaults"])
+def test_table_defaults_read_the_sample_workbook(cuda):
+    p = default_params("table", runtime=runtime(cuda), env={})
+    assert p.data.endswith("data/table.xlsx") and p.eval_data == ""
+    assert (p.sheet, p.eval_sheet, p.output_column) == ("orders", "held_out", "shipping_eur")
+    assert p.template == TABLE_TEMPLATE and "{zone}" in p.template and "[[" in p.template
+    a = default_params("alpaca", runtime=runtime(cuda), env={})
+    assert (a.sheet, a.eval_sheet, a.template, a.output_column) == ("", "", "", "")
+
+
+def test_table_fields_from_the_environment():
+    env = {"LORAHELPERS_SHEET": "Sheet1", "LORAHELPERS_EVAL_SHEET": "",
+           "LORAHELPERS_TEMPLATE": "{product} in {colour}?", "LORAHELPERS_OUTPUT_COLUMN": "price"}
+    p = default_params("table", runtime=runtime(False), env=env)
+    assert (p.sheet, p.eval_sheet) == ("Sheet1", "")
+    assert (p.template, p.output_column) == ("{product} in {colour}?", "price")
+
+
+@pytest.mark.parametrize("fields", [{"template": "{a}"}, {"output_column": "b"}])
+def test_template_and_output_column_go_together(fields):
+    with pytest.raises(ValueError, match="template and output_column go together"):
+        Params(kind="table", **fields)

