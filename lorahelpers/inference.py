@@ -234,7 +234,7 @@ def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
     prompts = [_prompt(tokenizer, messages, fmt) for messages, _ in pairs]
     answers = _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens)
     rows = []
-    for (messages, expected), answer in zip(pairs, answers):
+    for (messages, expected), answer in zip(pairs, answers, strict=True):
         value = float(score_fn(expected, answer))
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"scorer returned {value} for {expected!r}; it must return a bool "
@@ -265,7 +265,7 @@ def _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens
                                      eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
                                      **extra)
                 new = out[:, enc["input_ids"].shape[1]:]
-                for i, ids in zip(idx, new):
+                for i, ids in zip(idx, new, strict=True):
                     answers[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=False), stops)
     finally:
         tokenizer.padding_side = side

@@ -141,7 +141,7 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         weight_map, written = {}, 0
-        for i, (shard, header) in enumerate(zip(shards, headers)):
+        for i, (shard, header) in enumerate(zip(shards, headers, strict=True)):
             keys = [k for k in header if k != "__metadata__"]
             if untie and EMBED in keys:
                 keys.insert(keys.index(EMBED) + 1, LM_HEAD)

@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +176,8 @@ def _resolve_backend(backend: str) -> str:
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "transformers":
+        return backend  # without asking the runtime report, which would import Unsloth
     report = runtime_report()
     if backend == "auto":
         return report.backend
@@ -323,7 +326,9 @@ def add_lora(model, settings: LoraSettings | None = None):
         config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
                             target_modules=list(s.target_modules), bias="none",
                             use_rslora=s.use_rslora, task_type="CAUSAL_LM")
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft still asks for a renamed transformers attribute
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(model, config)
     peft_model.lorahelpers_backend = backend
     return peft_model
 

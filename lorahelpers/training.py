@@ -165,11 +165,15 @@ def tokenize_conversations(tokenizer, conversations, chat_format: ChatFormat,
         spans.append(s)
     if not texts:
         return [], 0
+    if not getattr(tokenizer, "is_fast", True):
+        raise ValueError("loss masking needs character offsets, which only fast tokenizers "
+                         "give: load the tokenizer with use_fast=True")
     encoded = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
     examples, dropped = [], 0
-    for ids, offsets, s in zip(encoded["input_ids"], encoded["offset_mapping"], spans):
+    for ids, offsets, s in zip(encoded["input_ids"], encoded["offset_mapping"], spans,
+                               strict=True):
         labels = [tok if _starts_inside(start, end, s) else IGNORE
-                  for tok, (start, end) in zip(ids, offsets)]
+                  for tok, (start, end) in zip(ids, offsets, strict=True)]
         ids, labels = ids[:max_seq_length], labels[:max_seq_length]
         # Position 0 is never predicted, so it cannot carry the only label.
         if all(label == IGNORE for label in labels[1:]):
@@ -363,7 +367,7 @@ def _label_nll(hidden, targets, lm_head, chunk_elements: int = 2**26):
     from torch.utils.checkpoint import checkpoint
 
     return sum(checkpoint(nll, h, y, use_reentrant=False)
-               for h, y in zip(hidden.split(rows), targets.split(rows)))
+               for h, y in zip(hidden.split(rows), targets.split(rows), strict=True))
 
 
 # ---- train() -------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from lorahelpers.models import (
     ALL_PROJECTIONS,
     LoraSettings,
     ModelError,
-    add_lora,
     adapter_info,
+    add_lora,
     load_adapter,
     load_model,
 )
@@ -70,7 +70,7 @@ def test_labels_cover_exactly_the_assistant_contents_and_their_eos(embedded_toke
     assert len(ids) == len(labels)
     # Runs of labelled tokens, decoded, are the answers each followed by the eos.
     runs, current = [], []
-    for token, label in zip(ids, labels):
+    for token, label in zip(ids, labels, strict=True):
         if label == IGNORE:
             if current:
                 runs.append(current)

@@ -1,0 +1,222 @@
+"""Several LoRA adapters over one base model.
+
+An adapter is a small file that changes what its base model does; one base GGUF can carry any
+of them (llama.cpp's lora_path, Ollama's ADAPTER). This module scores every model on every task,
+in PyTorch or in llama.cpp with each adapter GGUF over the base GGUF, lines up their answers to
+the same prompts, and writes the base checkpoint with the training chat template, so that the
+one base GGUF formats chats exactly as the adapters were trained.
+
+    >>> scores = score_models({"tagger": tagger, "namer": namer}, tasks, tok, fmt)  # doctest: +SKIP
+    >>> scores.table()                                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# What export_gguf reads from a checkpoint besides the tokenizer.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+@dataclass
+class TaskScores:
+    """reports[model][task]: each model's EvalReport on each task's held-out rows, all models
+    asked the same prompts. `engine` says what ran them ("PyTorch", "llama.cpp")."""
+
+    reports: dict[str, dict]
+    engine: str = "PyTorch"
+
+    def __post_init__(self):
+        if not self.reports:
+            raise ValueError("TaskScores needs at least one model")
+        first, tasks = next(iter(self.reports.items()))
+        for model, by_task in self.reports.items():
+            if list(by_task) != list(tasks):
+                raise ValueError(f"model {model!r} has tasks {list(by_task)}, model {first!r} "
+                                 f"has {list(tasks)}: score every model on the same tasks")
+            for task, report in by_task.items():
+                if _prompts(report) != _prompts(tasks[task]):
+                    raise ValueError(f"task {task!r}: model {model!r} was asked other prompts "
+                                     f"than model {first!r}; pass every model the same rows")
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.reports)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(next(iter(self.reports.values())))
+
+    def table(self):
+        """Scores (%) as a DataFrame: one row per model, one column per task."""
+        import pandas as pd
+
+        return pd.DataFrame([[self.reports[m][t].score for t in self.tasks] for m in self.models],
+                            index=pd.Index(self.models, name=f"model ({self.engine})"),
+                            columns=self.tasks).round(1)
+
+    def side_by_side(self, n: int = 3):
+        """The first `n` prompts of each task with the expected answer and each model's answer.
+
+        >>> scores.side_by_side(2)  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        rows = []
+        for task in self.tasks:
+            reports = {m: self.reports[m][task] for m in self.models}
+            first = next(iter(reports.values()))
+            for i, row in enumerate(first.rows[:n]):
+                rows.append({"task": task, "prompt": row["prompt"], "expected": row["expected"]}
+                            | {m: r.rows[i]["answer"] for m, r in reports.items()})
+        return pd.DataFrame(rows, columns=["task", "prompt", "expected", *self.models])
+
+    def agreement(self, other: TaskScores):
+        """Share (%) of this table's prompts each model answers identically here and in `other`
+        (e.g. llama.cpp vs PyTorch), for the models and tasks both have; `other` may have asked
+        more prompts, not fewer."""
+        import pandas as pd
+
+        models = [m for m in self.models if m in other.reports]
+        tasks = [t for t in self.tasks if t in other.tasks]
+        if not models or not tasks:
+            raise ValueError(f"no model and task in common: {self.models} x {self.tasks} vs "
+                             f"{other.models} x {other.tasks}")
+
+        def same(m, t) -> float:
+            theirs = {r["prompt"]: r["answer"] for r in other.reports[m][t].rows}
+            mine = self.reports[m][t].rows
+            missing = [r["prompt"] for r in mine if r["prompt"] not in theirs]
+            if missing:
+                raise ValueError(f"{m!r} on {t!r}: {len(missing)} prompt(s) here were not "
+                                 f"asked there, e.g. {missing[0][:60]!r}")
+            return 100.0 * sum(r["answer"] == theirs[r["prompt"]] for r in mine) / max(len(mine), 1)
+
+        return pd.DataFrame([[same(m, t) for t in tasks] for m in models],
+                            index=pd.Index(models, name=f"model ({self.engine} = {other.engine})"),
+                            columns=tasks).round(1)
+
+    def __str__(self) -> str:
+        return self.table().to_string()
+
+    def _repr_html_(self) -> str:
+        n = {t: self.reports[self.models[0]][t].n for t in self.tasks}
+        sizes = ", ".join(f"{html.escape(t)}: {k}" for t, k in n.items())
+        return (f"<p>Held-out score (%), {html.escape(self.engine)}; rows per task: {sizes}</p>"
+                + self.table().to_html())
+
+
+def _prompts(report) -> list[str]:
+    return [r["prompt"] for r in report.rows]
+
+
+def score_models(models: dict, tasks: dict, tokenizer, chat_format, scorer="exact",
+                 max_new_tokens: int = 16) -> TaskScores:
+    """Score each in-memory model (name -> model) on each task (name -> held-out conversations)
+    with lorahelpers.inference.evaluate. Short answers need few new tokens.
+
+    >>> score_models({"base": model}, {"tag": eval_rows}, tok, fmt).table()  # doctest: +SKIP
+    """
+    from lorahelpers.inference import evaluate
+
+    return TaskScores({name: {task: evaluate(model, tokenizer, rows, scorer, chat_format,
+                                             max_new_tokens=max_new_tokens)
+                              for task, rows in tasks.items()}
+                       for name, model in models.items()})
+
+
+def score_gguf(base_gguf, adapters: dict, tasks: dict, tokenizer, chat_format, scorer="exact",
+               max_new_tokens: int = 16) -> TaskScores:
+    """The same as score_models, run by llama.cpp: `adapters` maps a model name to an adapter
+    GGUF applied over `base_gguf` (None: the base alone). Prompts are rendered by chat_format
+    and tokenized by llama.cpp, answers decoded greedily and cut at its stop strings.
+
+    >>> score_gguf("base-f16.gguf", {"base": None, "tagger": "tagger.gguf"}, tasks, tok,
+    ...            fmt).table()  # doctest: +SKIP
+    """
+    from lorahelpers.inference import EvalReport, _scorer, cut_at_stop
+    from lorahelpers.verify import _GGUFRunner
+
+    score_fn = _scorer(scorer)
+    stop_ids = {tokenizer.convert_tokens_to_ids(s) for s in chat_format.stop
+                if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
+    prompts = {task: [(list(row[:-1]), row[-1]["content"]) for row in rows]
+               for task, rows in tasks.items()}
+    longest = max(len(tokenizer(chat_format.generation_prefix(m))["input_ids"])
+                  for pairs in prompts.values() for m, _ in pairs)
+    reports = {}
+    for name, adapter in adapters.items():
+        runner = _GGUFRunner(Path(base_gguf), Path(adapter) if adapter else None,
+                             n_ctx=longest + max_new_tokens + 8)
+        reports[name] = {}
+        try:
+            for task, pairs in prompts.items():
+                rows = []
+                for messages, expected in pairs:
+                    ids = runner.tokenize(chat_format.generation_prefix(messages))
+                    out = runner.greedy(ids, max_new_tokens, stop_ids)
+                    text = runner.llm.detokenize(out, special=True).decode("utf-8", "replace")
+                    answer = cut_at_stop(text, chat_format.stop)
+                    rows.append({"prompt": messages[-1]["content"], "expected": expected,
+                                 "answer": answer, "correct": float(score_fn(expected, answer))})
+                score = 100.0 * sum(r["correct"] for r in rows) / max(len(rows), 1)
+                reports[name][task] = EvalReport(score, rows, scorer if isinstance(scorer, str)
+                                                 else "custom")
+        finally:
+            runner.close()
+    return TaskScores(reports, "llama.cpp")
+
+
+def base_with_template(base, chat_format, out_dir, progress=print) -> Path:
+    """A checkpoint directory holding the base model's weights (linked, not copied) and its
+    tokenizer with chat_format's template. export_gguf of it gives the one base GGUF every
+    adapter runs over, carrying the template the adapters were trained with (a base model's
+    own template may differ, e.g. add a default system prompt); export_adapter_gguf can take it
+    as the base too. `base` is a checkpoint directory or a Hub name (a 4-bit base is replaced
+    by its 16-bit original, as merge_lora does). Written atomically.
+
+    >>> base_with_template(embedded_base(), get_chat_format("chatml"), "out/base")  # doctest: +SKIP
+    PosixPath('out/base')
+    """
+    from transformers import AutoTokenizer
+
+    from lorahelpers.chat import install_chat_template
+    from lorahelpers.merge import checkpoint_shards, replace_dir, resolve_base
+
+    local = Path(base).expanduser()
+    if (local.is_absolute() or str(base).startswith(".")) and not local.is_dir():
+        raise ValueError(f"base model directory {local} does not exist: pass the checkpoint "
+                         "the adapters were trained on (e.g. params.resolved_model())")
+    base_dir, requested, from_4bit = resolve_base({}, base)
+    if from_4bit:
+        progress(f"{requested} is 4-bit; the base GGUF is made from its 16-bit original "
+                 f"{base_dir}.")
+    out_dir = Path(out_dir)
+    files = [base_dir / n for n in _MODEL_FILES if (base_dir / n).is_file()]
+    files += checkpoint_shards(base_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for src in files:
+            _link_or_copy(src.resolve(), tmp / src.name)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        install_chat_template(tokenizer, chat_format)
+        tokenizer.save_pretrained(tmp)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A link keeps a multi-GB base from being copied; where links are not allowed, copy.
+    try:
+        os.symlink(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

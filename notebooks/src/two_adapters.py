@@ -1,0 +1,265 @@
+# %% [markdown]
+# # Two LoRA adapters, one base model
+#
+# [![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/lorahelpers/lorahelpers/blob/main/notebooks/two_adapters.ipynb)
+#
+# A LoRA adapter is a small file that changes what a base model does. This notebook trains two
+# of them on the same base for two different tasks over the same short product reviews:
+#
+# * the **tagger** answers `Tag the review.` with `POS` or `NEG`;
+# * the **namer** answers `Name the product.` with the product the review is about.
+#
+# Both are exported as adapter GGUFs that run over **one** base GGUF, checked against their
+# PyTorch models, asked the same prompts side by side, and registered as two Ollama models
+# that share the one base file.
+#
+# * **On a Colab GPU** the base is an Unsloth 4-bit Llama-3.2-3B-Instruct (its GGUF is made
+#   from the 16-bit original).
+# * **Without a GPU** the base is SmolLM2-135M-Instruct, which ships with lorahelpers: a few
+#   minutes on a laptop.
+
+# %%
+# Set-up: on Colab, fetch lorahelpers and install what it needs (a few minutes, once per
+# runtime; Colab's own torch is kept). Elsewhere run `make setup` once in the repository.
+import sys
+
+if "google.colab" in sys.modules:
+    import os
+    if not os.path.exists("/content/lorahelpers"):
+        !git clone --depth 1 https://github.com/lorahelpers/lorahelpers /content/lorahelpers
+    %cd /content/lorahelpers
+    !bash colab_setup.sh --ollama
+
+# %%
+from lorahelpers.runtime import runtime_report
+
+runtime = runtime_report()
+print(runtime.summary())
+
+# %% [markdown]
+# ## Parameters
+# The model, steps, LoRA rank and learning rate are shared by both adapters. The values below
+# are this notebook's defaults; an environment variable `LORAHELPERS_<FIELD>` still overrides
+# any of them (for example `LORAHELPERS_MAX_STEPS=40`). `data` and `eval_data` are the
+# tagger's files; the namer's are in `namer_data`. `quants[0]` is the type of the one base
+# GGUF (the adapters stay 16-bit: they are small).
+
+# %%
+import dataclasses
+import os
+
+from lorahelpers.params import DATA_DIR, ENV_PREFIX, default_params
+
+notebook_defaults = {
+    "data": str(DATA_DIR / "alpaca_train.jsonl"),        # tagger: review -> POS / NEG
+    "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),
+    "scorer": "exact",
+    "eval_size": 20,                                      # held-out rows per task
+    "max_steps": 60 if runtime.cuda else 16,              # per adapter
+    "quants": ("q8_0",) if runtime.cuda else ("f16",),    # the base GGUF
+    "ollama_name": "lorahelpers-reviews",                 # -> ...-tagger and ...-namer
+    "output_dir": "outputs/two_adapters",
+}
+params = default_params("alpaca", **{k: v for k, v in notebook_defaults.items()
+                                     if ENV_PREFIX + k.upper() not in os.environ})
+namer_data = {"data": str(DATA_DIR / "extract_train.jsonl"),    # namer: review -> product
+              "eval_data": str(DATA_DIR / "extract_eval.jsonl")}
+params
+
+# %% [markdown]
+# ## Two tasks on the same reviews
+# Same inputs, different instruction and answer. Each held-out file has reviews (and, for the
+# namer, products) the training file never shows.
+
+# %%
+from lorahelpers.data import preview
+from lorahelpers.pipeline import prepare_data
+
+data = {"tag": prepare_data(params),
+        "name": prepare_data(dataclasses.replace(params, **namer_data))}
+for task, bundle in data.items():
+    display(bundle.report)
+    print(preview(bundle.train, 2))
+tasks = {task: bundle.eval for task, bundle in data.items()}
+
+# %% [markdown]
+# ## The base model before training
+# Asked either question, the base model answers with a sentence, so the exact-match scores
+# start near zero.
+
+# %%
+from lorahelpers.adapters import score_models
+from lorahelpers.pipeline import load
+
+base, tokenizer, chat_format = load(params)
+before = score_models({"base": base}, tasks, tokenizer, chat_format, params.scorer)
+display(before)
+before.side_by_side(2)
+
+# %% [markdown]
+# ## Adapter A: the tagger
+# Each adapter starts from a fresh copy of the base and has its own output directory
+# (`train` saves to `<output_dir>/adapter`).
+
+# %%
+from lorahelpers.models import add_lora
+from lorahelpers.pipeline import lora_settings, train_settings
+from lorahelpers.plots import plot_history
+from lorahelpers.training import train
+
+tagger, _, _ = load(params)
+tagger = add_lora(tagger, lora_settings(params))
+tagger_run = train(tagger, tokenizer, data["tag"].train, data["tag"].eval, chat_format,
+                   train_settings(params, output_dir=f"{params.output_dir}/tagger"))
+print(f"{tagger_run.steps} steps in {tagger_run.elapsed_s:.0f} s; adapter in "
+      f"{tagger_run.adapter_dir}")
+plot_history(tagger_run.history)
+
+# %% [markdown]
+# ## Adapter B: the namer
+
+# %%
+namer, _, _ = load(params)
+namer = add_lora(namer, lora_settings(params))
+namer_run = train(namer, tokenizer, data["name"].train, data["name"].eval, chat_format,
+                  train_settings(params, output_dir=f"{params.output_dir}/namer"))
+print(f"{namer_run.steps} steps in {namer_run.elapsed_s:.0f} s; adapter in "
+      f"{namer_run.adapter_dir}")
+plot_history(namer_run.history)
+
+# %% [markdown]
+# ## Same prompts, three models (PyTorch)
+# Every model on every task: each adapter does its own task and keeps doing it when asked the
+# other question, while the base does neither.
+
+# %%
+from lorahelpers.adapters import TaskScores
+
+after = score_models({"tagger": tagger, "namer": namer}, tasks, tokenizer, chat_format,
+                     params.scorer)
+scores = TaskScores({**before.reports, **after.reports})
+display(scores)
+scores.side_by_side(3)
+
+# %% [markdown]
+# ## Export: one base GGUF, two adapter GGUFs
+# The base GGUF is written once, from the base checkpoint with the training chat template (the
+# base's own template may add a default system prompt the adapters never saw). Each adapter
+# becomes its own small GGUF that llama.cpp and Ollama apply over that base.
+
+# %%
+from pathlib import Path
+
+from lorahelpers.adapters import base_with_template
+from lorahelpers.export import export_adapter_gguf, export_gguf
+
+out = Path(params.output_dir)
+base_dir = base_with_template(params.resolved_model(), chat_format, out / "base")
+base_gguf = export_gguf(base_dir, out / "gguf", "base", params.quants[:1])[params.quants[0]]
+adapter_ggufs = {name: export_adapter_gguf(run.adapter_dir, base_dir,
+                                           out / "gguf" / f"{name}-lora-f16.gguf")
+                 for name, run in (("tagger", tagger_run), ("namer", namer_run))}
+for path in (base_gguf, *adapter_ggufs.values()):
+    print(f"{path.stat().st_size / 1e6:8.1f} MB  {path}")
+
+# %% [markdown]
+# ## Verify each adapter over the base GGUF
+# llama.cpp runs the base GGUF alone and with each adapter GGUF; each is compared with its
+# PyTorch model on the same chat prompts: same tokens, close next-token probabilities, the
+# same greedy answers.
+
+# %%
+from lorahelpers.verify import verify
+
+prompts = [row[:-1] for rows in tasks.values() for row in rows[:2]]
+checks = {"base": verify(base_gguf, base, tokenizer, prompts),
+          "tagger": verify(base_gguf, tagger, tokenizer, prompts,
+                           lora_path=adapter_ggufs["tagger"]),
+          "namer": verify(base_gguf, namer, tokenizer, prompts,
+                          lora_path=adapter_ggufs["namer"])}
+for report in checks.values():
+    display(report)
+
+# %% [markdown]
+# ## Same prompts, three models (llama.cpp)
+# The same score table from the GGUF files, and how often llama.cpp gives exactly the PyTorch
+# answer. llama.cpp runs on the CPU here, so with a GPU runtime's larger model it is asked only
+# the first rows of each task.
+
+# %%
+from lorahelpers.adapters import score_gguf
+
+gguf_tasks = {task: rows[:5] if runtime.cuda else rows for task, rows in tasks.items()}
+gguf_scores = score_gguf(base_gguf, {"base": None, **adapter_ggufs}, gguf_tasks, tokenizer,
+                         chat_format, params.scorer)
+display(gguf_scores)
+display(gguf_scores.agreement(scores))
+gguf_scores.side_by_side(3)
+
+# %% [markdown]
+# ## The Modelfiles: FROM the base, ADAPTER on top
+# Two Modelfiles, one per adapter, both naming the same base file. TEMPLATE and stop strings
+# come from the chat format both adapters were trained with.
+
+# %%
+from lorahelpers.modelfile import write_modelfile
+
+modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system or None,
+                                    adapter=adapter, path=out / "gguf" / f"Modelfile.{name}")
+              for name, adapter in adapter_ggufs.items()}
+for name, path in modelfiles.items():
+    print(f"# {path}\n{path.read_text()}")
+
+# %% [markdown]
+# ### Which Ollama versions accept `ADAPTER`
+# * GGUF LoRA adapters (`general.type` = `adapter`, as written above) are accepted through the
+#   REST API's `/api/create` (`adapters`) since **Ollama 0.5.5**; `register` uses that API
+#   and refuses older servers.
+# * The `ollama create -f Modelfile` command is less reliable: a report says **0.34.1**'s CLI
+#   rejects `ADAPTER` lines. If yours does, register through the API as below, or merge the
+#   adapter into the base instead (the Alpaca notebook's path).
+# * **One adapter per model.** To use both skills at once, train one adapter on both tasks.
+# * Ollama does **not** check that `FROM` is the base the adapter was trained on: over another
+#   base it loads and answers nonsense. Keep each adapter with the base GGUF it was made for.
+
+# %% [markdown]
+# ## Register both with Ollama
+# Two models over one base: the base GGUF is uploaded once and shared, each model adds only
+# its adapter. On Colab this starts an Ollama server (installed by the set-up cell); elsewhere
+# it uses one you started with `ollama serve`, or skips this step with the reason.
+
+# %%
+from lorahelpers import ollama
+
+if runtime.colab:
+    server = ollama.start_server(install=True)
+version = ollama.server_available()
+if version is None:
+    print("skipped: no Ollama server answers (start one with `ollama serve`, or "
+          "lorahelpers.ollama.start_server(install=True) on Colab)")
+else:
+    for name, adapter in adapter_ggufs.items():
+        ollama.register(f"{params.ollama_name}-{name}", base_gguf, chat_format,
+                        system=params.system or None, adapter=adapter)
+    for task, rows in tasks.items():
+        question = rows[0][:-1]
+        print(f"\nQ: {question[-1]['content']}")
+        for name in adapter_ggufs:
+            print(f"{params.ollama_name}-{name}:", end=" ")
+            ollama.chat(f"{params.ollama_name}-{name}", question)
+            print()
+
+# %% [markdown]
+# ## Your files
+# The base GGUF is the big file; each adapter adds only a few MB.
+
+# %%
+for path in sorted(out.rglob("*")):
+    if path.is_file() and not path.is_symlink() and "checkpoints" not in path.parts:
+        print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
+if runtime.colab:
+    from google.colab import files
+    # The adapters and Modelfiles are small; copy the base GGUF to Drive rather than download
+    # it. The runtime's disk is wiped when it stops.
+    for path in (*adapter_ggufs.values(), *modelfiles.values()):
+        files.download(str(path))
