@@ -29,7 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lorahelpers.chat import get_chat_format  # noqa: E402
-from lorahelpers.models import ALL_PROJECTIONS, LoraSettings, add_lora, embedded_base, load_model  # noqa: E402
+from lorahelpers.models import (  # noqa: E402
+    ALL_PROJECTIONS,
+    LoraSettings,
+    add_lora,
+    embedded_base,
+    load_model,
+)
 from lorahelpers.training import (  # noqa: E402
     PadCollator,
     TrainSettings,
@@ -48,20 +54,27 @@ def conversations(n: int) -> list:
     return [rows[i % len(rows)] for i in range(n)]
 
 
+def now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
 class StepClock(TrainerCallback):
-    """Wall-clock time at the end of every optimizer step."""
+    """Wall-clock and CPU time at the end of every optimizer step."""
 
     def __init__(self):
-        self.ends: list[float] = []
+        self.ends: list[tuple[float, float]] = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(time.perf_counter())
+        self.ends.append(now())
 
 
-def rate(step_ends: list[float], step_tokens: list[int]) -> tuple[float, float]:
-    """(seconds per step, tokens/s) over steps 2..N: the first step is warm-up."""
-    seconds = step_ends[-1] - step_ends[0]
-    return seconds / (len(step_ends) - 1), sum(step_tokens[1:len(step_ends)]) / seconds
+def rate(step_ends: list[tuple[float, float]], step_tokens: list[int]) -> dict:
+    """Seconds per step and tokens per second (wall clock and CPU time) over steps 2..N: the
+    first step is warm-up."""
+    wall = step_ends[-1][0] - step_ends[0][0]
+    cpu = step_ends[-1][1] - step_ends[0][1]
+    tokens = sum(step_tokens[1:len(step_ends)])
+    return {"s_step": wall / (len(step_ends) - 1), "wall": tokens / wall, "cpu": tokens / cpu}
 
 
 def bench_trl_defaults(convs, canonical: dict, steps: int, batch: int, checkpointing=None):
@@ -84,7 +97,8 @@ def bench_trl_defaults(convs, canonical: dict, steps: int, batch: int, checkpoin
             peft_config=LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0,
                                    target_modules=list(ALL_PROJECTIONS), task_type="CAUSAL_LM"))
         # Map each of TRL's tokenized examples back to the same conversation's real tokens.
-        ours = {tuple(row["input_ids"]): canonical[i] for i, row in enumerate(trainer.train_dataset)}
+        ours = {tuple(row["input_ids"]): canonical[i]
+                for i, row in enumerate(trainer.train_dataset)}
         rendered = len(trainer.train_dataset[0]["input_ids"]) - canonical[0]
         step_tokens = []
         collate = trainer.data_collator
@@ -114,7 +128,7 @@ def bench_plain_loop(examples, steps: int, batch: int, pad_id: int):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        ends.append(time.perf_counter())
+        ends.append(now())
         step_tokens.append(int(inputs["attention_mask"].sum()))
     return rate(ends, step_tokens)
 
@@ -128,8 +142,7 @@ def bench_lorahelpers(convs, steps: int, batch: int):
                        TrainSettings(output_dir=out, max_steps=steps, batch_size=batch,
                                      save_steps=10_000, progress="none",
                                      reraise_interrupt=False), callbacks=[clock])
-    settings = result.settings
-    return rate(clock.ends, result.history.column("tokens")), settings
+    return rate(clock.ends, result.history.column("tokens")), result.settings
 
 
 def profile_lorahelpers(examples, batch: int, pad_id: int) -> None:
@@ -160,7 +173,14 @@ def main() -> None:
                         help="also TRL's defaults with gradient checkpointing off")
     parser.add_argument("--profile", action="store_true",
                         help="print where lorahelpers' forward+backward spends its time")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="compare by CPU time instead of wall clock: steadier on a busy "
+                             "machine, best with --threads 1")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first step is warm-up)")
 
@@ -170,7 +190,8 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     print(runtime_report().summary())
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads; "
           f"{args.steps} steps x batch {args.batch}, first step untimed\n")
     _, tokenizer = load_model(embedded_base())
     convs = conversations(args.steps * args.batch)
@@ -182,28 +203,32 @@ def main() -> None:
         profile_lorahelpers(examples, args.batch, tokenizer.pad_token_id)
 
     rows = []
-    (s, tps), settings = bench_lorahelpers(convs, args.steps, args.batch)
-    rows.append(("lorahelpers.train", s, tps,
-                 f"bf16={settings.bf16}, checkpointing={settings.gradient_checkpointing}, "
-                 f"{settings.optim}, length-grouped"))
-    s, tps = bench_plain_loop(examples, args.steps, args.batch, tokenizer.pad_token_id)
-    rows.append(("plain PyTorch loop, fp32", s, tps, "forward with labels, backward, AdamW"))
-    (s, tps), rendered = bench_trl_defaults(convs, canonical, args.steps, args.batch)
-    rows.append(("TRL SFTTrainer defaults", s, tps,
+    r, settings = bench_lorahelpers(convs, args.steps, args.batch)
+    rows.append(("lorahelpers.train", r, f"bf16={settings.bf16}, checkpointing="
+                 f"{settings.gradient_checkpointing}, {settings.optim}, length-grouped"))
+    r = bench_plain_loop(examples, args.steps, args.batch, tokenizer.pad_token_id)
+    rows.append(("plain PyTorch loop, fp32", r, "forward with labels, backward, AdamW"))
+    r, rendered = bench_trl_defaults(convs, canonical, args.steps, args.batch)
+    rows.append(("TRL SFTTrainer defaults", r,
                  f"+{rendered} template tokens per example (not counted)"))
     if args.extra:
-        (s, tps), _ = bench_trl_defaults(convs, canonical, args.steps, args.batch, False)
-        rows.append(("TRL defaults, no checkpointing", s, tps, ""))
+        r, _ = bench_trl_defaults(convs, canonical, args.steps, args.batch, False)
+        rows.append(("TRL defaults, no checkpointing", r, ""))
 
-    ours, plain, trl = rows[0][2], rows[1][2], rows[2][2]
-    print(f"{'method':32} {'s/step':>8} {'tokens/s':>9} {'vs TRL':>7} {'vs fp32':>8}  notes")
-    for name, s, tps, note in rows:
-        print(f"{name:32} {s:8.2f} {tps:9.0f} {tps / trl:6.1f}x {tps / plain:7.2f}x  {note}")
+    key = "cpu" if args.cpu_time else "wall"
+    ours, plain, trl = (rows[i][1][key] for i in range(3))
+    print(f"\n{'method':32} {'s/step':>7} {'tokens/s':>9} {'tok/cpu-s':>9} {'vs TRL':>7} "
+          f"{'vs fp32':>8}  notes")
+    for name, r, note in rows:
+        print(f"{name:32} {r['s_step']:7.2f} {r['wall']:9.0f} {r['cpu']:9.0f} "
+              f"{r[key] / trl:6.1f}x {r[key] / plain:7.2f}x  {note}")
     ok_trl, ok_plain = ours >= 5 * trl, ours >= plain
-    print(f"\nlorahelpers vs TRL defaults: {ours / trl:.1f}x (target >= 5x: "
-          f"{'met' if ok_trl else 'MISSED'}); vs plain fp32 loop: {ours / plain:.2f}x "
+    basis = "CPU time" if args.cpu_time else "wall clock"
+    print(f"\nBy {basis}: lorahelpers vs TRL defaults {ours / trl:.1f}x (target >= 5x: "
+          f"{'met' if ok_trl else 'MISSED'}); vs plain fp32 loop {ours / plain:.2f}x "
           f"(target >= 1.0x: {'met' if ok_plain else 'MISSED'})")
-    print(f"load average now {os.getloadavg()[0]:.1f}: figures from a busy machine are noisy")
+    print(f"torch threads {torch.get_num_threads()}, load average now {os.getloadavg()[0]:.1f}"
+          " (figures from a busy machine are noisy)")
 
 
 if __name__ == "__main__":

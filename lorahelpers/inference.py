@@ -266,7 +266,8 @@ def _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens
                                      **extra)
                 new = out[:, enc["input_ids"].shape[1]:]
                 for i, ids in zip(idx, new, strict=True):
-                    answers[i] = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=False), stops)
+                    text = tokenizer.decode(ids, skip_special_tokens=False)
+                    answers[i] = cut_at_stop(text, stops)
     finally:
         tokenizer.padding_side = side
     return answers

@@ -149,12 +149,15 @@ class LoraSettings:
             self.target_modules = (self.target_modules,)
         self.target_modules = tuple(self.target_modules)
         if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"LoraSettings.r must be a positive integer (8, 16, 32...), got {self.r!r}")
+            raise ValueError("LoraSettings.r must be a positive integer (8, 16, 32...), "
+                             f"got {self.r!r}")
         if not self.alpha > 0:
-            raise ValueError(f"LoraSettings.alpha must be positive (usually equal to r), got {self.alpha!r}")
+            raise ValueError("LoraSettings.alpha must be positive (usually equal to r), "
+                             f"got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}")
-        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+        names = self.target_modules
+        if not names or not all(isinstance(m, str) and m for m in names):
             raise ValueError("LoraSettings.target_modules must name at least one layer, e.g. "
                              f"{ALL_PROJECTIONS}; got {self.target_modules!r}")
         if "lm_head" in self.target_modules:
@@ -211,8 +214,7 @@ def _check_source(name_or_path: str) -> str:
             raise ModelError(f"{path} is not a model checkpoint: it has no config.json. Point to "
                              "the directory that holds config.json and model.safetensors.")
         return str(path)
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
-    if looks_local:
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
         raise ModelError(f"model directory {path} does not exist. Offline, use the embedded base "
                          "model: lorahelpers.models.embedded_base()")
     return name_or_path
@@ -257,10 +259,12 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
             model, tokenizer = _load_transformers(source, torch_dtype, cuda, load_in_4bit)
     except ModelError:
         raise
-    except (OSError, ValueError) as err:
-        if Path(source).exists():
+    except Exception as err:
+        if not Path(source).exists():  # offline, unknown id, gated repository...
+            raise _hub_error(source, err) from err
+        if isinstance(err, (OSError, ValueError)):
             raise ModelError(f"cannot load the checkpoint in {source}: {err}") from err
-        raise _hub_error(source, err) from err
+        raise
     model.lorahelpers_backend = backend
     model.lorahelpers_max_seq_length = max_seq_length
     tokenizer.model_max_length = max_seq_length

@@ -9,6 +9,7 @@ them nor adds the tokenizer's default system prompt.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -46,7 +47,8 @@ class TrainSettings:
     num_epochs: float = _help(1.0, "Passes over the data when max_steps <= 0.")
     learning_rate: float | None = _help(None, "Peak learning rate; None: 2e-4 on GPU, 5e-4 on CPU.")
     batch_size: int | None = _help(None, "Conversations per micro-batch; None: 2 on GPU, 8 on CPU.")
-    grad_accum: int | None = _help(None, "Micro-batches per optimizer step; None: 4 on GPU, 1 on CPU.")
+    grad_accum: int | None = _help(None, "Micro-batches per optimizer step; None: 4 on GPU, "
+                                   "1 on CPU.")
     max_seq_length: int | None = _help(None, "Tokens kept per conversation; None: the value "
                                        "given to load_model (2048).")
     warmup_steps: int = _help(5, "Steps of linear learning-rate warm-up.")
@@ -58,7 +60,8 @@ class TrainSettings:
     save_total_limit: int = _help(2, "Checkpoints kept; older ones are deleted.")
     seed: int = _help(3407, "Seed for data order and everything random.")
     gradient_checkpointing: bool | None = _help(None, "Recompute activations to save memory; "
-                                                "None: on for GPU, off on CPU (where it only costs time).")
+                                                "None: on for GPU, off on CPU (where it only "
+                                                "costs time).")
     bf16: bool | None = _help(None, "bf16 mixed precision; None: where the hardware has it (fp16 "
                               "on older GPUs).")
     optim: str | None = _help(None, "Optimizer; None: adamw_8bit on GPU, adamw_torch on CPU.")
@@ -66,7 +69,8 @@ class TrainSettings:
     resume: bool = _help(False, "Continue from the last checkpoint in output_dir.")
     progress: str = _help("auto", "'auto', 'notebook' (bar + live plot), 'terminal' or 'none'.")
     reraise_interrupt: bool | None = _help(None, "After Ctrl-C saves the adapter, re-raise "
-                                           "KeyboardInterrupt; None: yes in terminals, no in notebooks.")
+                                           "KeyboardInterrupt; None: yes in terminals, no in "
+                                           "notebooks.")
 
     def __post_init__(self):
         positive = ("batch_size", "grad_accum", "max_seq_length", "save_steps", "save_total_limit")
@@ -152,7 +156,7 @@ def tokenize_conversations(tokenizer, conversations, chat_format: ChatFormat,
     tokens of assistant contents and their eos. Conversations longer than max_seq_length are
     cut; those left with nothing to learn are dropped. Returns (examples, dropped).
 
-    >>> tokenize_conversations(tok, [[user_msg, assistant_msg]], get_chat_format("chatml"))  # doctest: +SKIP
+    >>> tokenize_conversations(tok, [[user, answer]], get_chat_format("chatml"))  # doctest: +SKIP
     ([{'input_ids': [...], 'labels': [-100, ..., 2, -100]}], 0)
     """
     texts, spans = [], []
@@ -388,10 +392,17 @@ def _planned_steps(s: TrainSettings, n_examples: int) -> int:
 
 
 def _last_checkpoint(directory: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    found = get_last_checkpoint(str(directory)) if directory.is_dir() else None
-    return Path(found) if found else None
+    """The newest complete checkpoint-N in directory. The trainer writes trainer_state.json
+    last and not atomically, so a checkpoint cut short by Ctrl-C lacks a readable one; such
+    leftovers are removed so that neither resume nor checkpoint rotation picks them up."""
+    complete = []
+    for path in directory.glob("checkpoint-*") if directory.is_dir() else ():
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            complete.append((int(path.name.rsplit("-", 1)[-1]), path))
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return max(complete)[1] if complete else None
 
 
 def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bool,
@@ -407,7 +418,8 @@ def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bo
         # fp16 only for GPUs without bf16 (T4); CPUs without bf16 stay in float32.
         bf16=bool(s.bf16), fp16=bool(report.cuda and not s.bf16), use_cpu=not report.cuda,
         gradient_checkpointing=bool(s.gradient_checkpointing),
-        gradient_checkpointing_kwargs={"use_reentrant": False} if s.gradient_checkpointing else None,
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if s.gradient_checkpointing else None,
         logging_steps=1, eval_strategy="steps" if has_eval and eval_steps else "no",
         eval_steps=eval_steps or None, save_strategy="steps", save_steps=s.save_steps,
         save_total_limit=s.save_total_limit, report_to="none", disable_tqdm=True,
@@ -451,20 +463,7 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
                                               s.max_seq_length)
     eval_examples.sort(key=lambda e: len(e["input_ids"]))  # less padding per eval batch
 
-    resume_from = _last_checkpoint(out / "checkpoints") if s.resume else None
-    history = History()
-    if resume_from is not None:
-        step = int(resume_from.name.rsplit("-", 1)[-1])
-        if (out / "history.json").is_file():
-            history = History.load(out / "history.json").truncate(step)
-        print(f"Resuming from {resume_from} (step {step}).")
-    else:
-        if s.resume:
-            print(f"No checkpoint in {out / 'checkpoints'}; starting from step 0.")
-        # Checkpoints of an earlier run would be mistaken for this run's on the next resume.
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-
+    resume_from, history = _starting_point(out, s.resume)
     total_steps = _planned_steps(s, len(train_examples))
     if backend_of(model) == "unsloth":
         from unsloth import FastLanguageModel
@@ -503,14 +502,30 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     history.save(out)
     result = TrainResult(out, adapter_dir, history, steps, trainer.state.max_steps, interrupted,
                          resume_from, len(train_examples), dropped, time.perf_counter() - t0, s)
+    last = _last_checkpoint(out / "checkpoints")  # also clears a checkpoint cut short
     if interrupted:
-        last = _last_checkpoint(out / "checkpoints")
         print(f"Training interrupted at step {steps}; the adapter so far is in {adapter_dir}."
               + (f" train(..., TrainSettings(resume=True)) continues from {last.name}."
                  if last else ""))
         if s.reraise_interrupt:
             raise KeyboardInterrupt
     return result
+
+
+def _starting_point(out: Path, resume: bool) -> tuple[Path | None, History]:
+    """The checkpoint to resume from (or None) and the history up to it."""
+    last = _last_checkpoint(out / "checkpoints") if resume else None
+    if last is None:
+        if resume:
+            print(f"No checkpoint in {out / 'checkpoints'}; starting from step 0.")
+        # Checkpoints of an earlier run would be mistaken for this run's on the next resume.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        return None, History()
+    step = int(last.name.rsplit("-", 1)[-1])
+    print(f"Resuming from {last} (step {step}).")
+    saved = out / "history.json"
+    return last, History.load(saved).truncate(step) if saved.is_file() else History()
 
 
 def _own_forwards(model) -> list:

@@ -67,14 +67,16 @@ for b in $BACKENDS; do
     [ -n "$line" ] || { echo "gpu_check: the $b run failed" >&2; exit 1; }
     RESULTS+="${line#RESULT }"$'\n'
 done
-printf '%s' "$RESULTS" | "$PY" -c '
-import json, sys
-rows = [json.loads(line) for line in sys.stdin if line.strip()]
-print(f"\n{\"backend\":14} {\"steps\":>5} {\"tokens/s\":>9} {\"peak GB\":>8} {\"loss\":>7}  settings")
+RESULTS="$RESULTS" "$PY" - <<'EOF'
+import json, os
+
+rows = [json.loads(line) for line in os.environ["RESULTS"].splitlines() if line.strip()]
+print(f"\n{'backend':14} {'steps':>5} {'tokens/s':>9} {'peak GB':>8} {'loss':>7}  settings")
 for r in rows:
-    print(f"{r[\"backend\"]:14} {r[\"steps\"]:5d} {r[\"tokens_per_s\"]:9.0f} {r[\"peak_gb\"]:8.2f} "
-          f"{r[\"final_loss\"]:7.3f}  {r[\"settings\"]}")
+    print(f"{r['backend']:14} {r['steps']:5d} {r['tokens_per_s']:9.0f} {r['peak_gb']:8.2f} "
+          f"{r['final_loss']:7.3f}  {r['settings']}")
 if len(rows) == 2:
-    print(f"unsloth / transformers: {rows[0][\"tokens_per_s\"] / rows[1][\"tokens_per_s\"]:.2f}x "
-          f"tokens/s, {rows[0][\"peak_gb\"] / rows[1][\"peak_gb\"]:.2f}x peak memory")
-'
+    fast, plain = rows
+    print(f"unsloth / transformers: {fast['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s, "
+          f"{fast['peak_gb'] / plain['peak_gb']:.2f}x peak GPU memory")
+EOF

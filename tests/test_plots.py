@@ -87,7 +87,8 @@ def test_plot_has_train_smoothed_eval_and_learning_rate_lines(tmp_path):
     train, smoothed, evals = main.get_lines()
     assert list(train.get_xdata()) == list(range(1, 11))
     assert list(evals.get_xdata()) == [5, 10]
-    assert list(lr_axis.get_lines()[0].get_ydata()) == pytest.approx([1e-4 * s for s in range(1, 11)])
+    rates = list(lr_axis.get_lines()[0].get_ydata())
+    assert rates == pytest.approx([1e-4 * s for s in range(1, 11)])
     legend = [t.get_text() for t in main.get_legend().get_texts()]
     assert legend == ["train loss", "train loss (smoothed)", "eval loss", "learning rate"]
     assert fig._repr_png_().startswith(b"\x89PNG")

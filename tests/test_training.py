@@ -328,13 +328,18 @@ def test_interrupt_keeps_the_adapter_and_resume_continues_with_optimizer_state(
     # Ctrl-C came before step 3 was logged; the adapter has its update all the same.
     assert [r["step"] for r in History.load(out).records] == [1, 2]
 
+    # A checkpoint that Ctrl-C cut short (no trainer_state.json) is not resumed from.
+    partial = out / "checkpoints" / "checkpoint-3"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"half")
+
     # A new session: fresh model, resume=True.
     probe = FirstOptimizerState()
     model, tokenizer = fresh_model(embedded_path, seed=1)  # different init, overwritten
     resumed = train(model, tokenizer, TINY, None, CHATML, quick(out, resume=True),
                     callbacks=[probe])
     assert resumed.resumed_from == out / "checkpoints" / "checkpoint-2"
-    assert resumed.steps == 4 and not resumed.interrupted
+    assert resumed.steps == 4 and not resumed.interrupted and not partial.exists()
     assert [r["step"] for r in resumed.history.records] == [1, 2, 3, 4]
 
     saved = torch.load(out / "checkpoints" / "checkpoint-2" / "optimizer.pt", weights_only=True)
