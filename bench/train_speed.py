@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -110,6 +111,7 @@ def bench_trl_defaults(convs, canonical: dict, steps: int, batch: int, checkpoin
         trainer.data_collator = counting_collator
         clock = StepClock()
         trainer.add_callback(clock)
+        trainer.remove_callback(PrinterCallback)  # a dict per step on stdout, nothing else
         trainer.train()
     return rate(clock.ends, step_tokens), rendered
 
@@ -146,23 +148,33 @@ def bench_lorahelpers(convs, steps: int, batch: int):
 
 
 def profile_lorahelpers(examples, batch: int, pad_id: int) -> None:
+    """Where one lorahelpers training step (forward, backward, AdamW) spends its time."""
     from torch.profiler import ProfilerActivity, profile
+
+    from lorahelpers.training import _cpu_fast_path
 
     model, _ = load_model(embedded_base())
     model = add_lora(model, LoraSettings())
     model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     inputs = PadCollator(pad_id)(examples[:batch])
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = label_loss(model, inputs)
         loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
 
-    step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(2):
-            step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    longest = max(len(e["input_ids"]) for e in examples)
+    with _cpu_fast_path(model, enabled=not torch.cuda.is_available(), longest=longest):
+        step()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(2):
+                step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=24))
 
 
 def main() -> None:

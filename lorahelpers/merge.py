@@ -134,25 +134,28 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
             raise MergeError(f"{adapter_dir}: the adapter changes {key}, which {base} does not "
                              "have. Is this the base the adapter was trained on?")
     touched = set(loras) | set(replaced)
-    untie = LM_HEAD not in base_keys and EMBED in base_keys and bool({EMBED, LM_HEAD} & touched)
+    # Tied embeddings that the adapter changes on one side only must be written apart;
+    # transformers would otherwise tie them again on load.
+    tied = json.loads((base / "config.json").read_text()).get("tie_word_embeddings",
+                                                             LM_HEAD not in base_keys)
+    untie = bool(tied) and EMBED in base_keys and bool({EMBED, LM_HEAD} & touched)
     _check_disk(out_dir, sum(s.stat().st_size for s in shards) * (1.3 if untie else 1.0))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        weight_map, written = {}, 0
+        weight_map, written, total = {}, 0, 0
         for i, (shard, header) in enumerate(zip(shards, headers, strict=True)):
             keys = [k for k in header if k != "__metadata__"]
-            if untie and EMBED in keys:
+            if untie and EMBED in keys and LM_HEAD not in base_keys:
                 keys.insert(keys.index(EMBED) + 1, LM_HEAD)
             sources = {k: _Source(k, shard, header, adapter) for k in keys}
-            _write_shard(tmp / shard.name, sources)
+            total += _write_shard(tmp / shard.name, sources)
             weight_map.update(dict.fromkeys(keys, shard.name))
             written += len(keys)
             progress(f"Merged {shard.name} ({i + 1}/{len(shards)}): "
                      f"{sum(k in touched for k in keys)} of {len(keys)} tensors changed")
         if len(shards) > 1:
-            total = sum((tmp / s.name).stat().st_size for s in shards)
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         embed = replaced.get(EMBED, own_base.get(EMBED))
@@ -277,7 +280,8 @@ class _Source:
         return merged
 
 
-def _write_shard(path: Path, sources: dict[str, _Source]) -> None:
+def _write_shard(path: Path, sources: dict[str, _Source]) -> int:
+    """Write one safetensors file block by block; returns the bytes of tensor data."""
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for key, s in sources.items():
         size = math.prod(s.shape) * torch.empty(0, dtype=s.dtype).element_size()
@@ -294,10 +298,11 @@ def _write_shard(path: Path, sources: dict[str, _Source]) -> None:
                 if s.dtype.is_floating_point and not torch.isfinite(block).all():
                     raise MergeError(f"{s.shard}: tensor {s.key} holds NaN/Inf (after casting "
                                      f"to {s.dtype_name}, or already in the base).")
-                out.write(block.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                out.write(block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
     if path.stat().st_size != 8 + len(raw) + offset:
         raise MergeError(f"{path}: wrote {path.stat().st_size} bytes, expected "
                          f"{8 + len(raw) + offset}; a tensor changed shape while merging.")
+    return offset
 
 
 def _write_config(base: Path, out: Path, untie: bool, vocab_size: int | None) -> None:

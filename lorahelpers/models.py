@@ -388,7 +388,9 @@ def load_adapter(adapter_dir, base=None, **load_kwargs):
             raise ModelError(f"{config_file} names no base model; pass base=...")
     model, _ = load_model(base, **load_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    with warnings.catch_warnings():  # peft still asks for a renamed transformers attribute
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = PeftModel.from_pretrained(model, adapter_dir)
     peft_model.lorahelpers_backend = backend_of(model)
     peft_model.eval()
     return peft_model, tokenizer

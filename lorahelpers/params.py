@@ -118,8 +118,8 @@ def default_params(kind: str = "alpaca", runtime: RuntimeReport | None = None,
         if kind == "alpaca":
             values |= {"data": "yahma/alpaca-cleaned", "eval_data": "", "scorer": "f1"}
     else:
-        values |= {"model": EMBEDDED, "chat_format": "chatml", "max_steps": 60, "batch_size": 8,
-                   "learning_rate": 1e-3, "max_seq_length": 256, "quants": ("q8_0",),
+        values |= {"model": EMBEDDED, "chat_format": "chatml", "max_steps": 40, "batch_size": 8,
+                   "learning_rate": 5e-4, "max_seq_length": 256, "quants": ("q8_0",),
                    "output_dir": f"outputs/{kind}"}
     values |= from_env(env)
     values |= overrides

@@ -230,8 +230,8 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
     >>> print(run_demo(max_steps=20))  # doctest: +SKIP
     """
     from lorahelpers.inference import evaluate
-    from lorahelpers.models import add_lora
     from lorahelpers.modelfile import write_modelfile
+    from lorahelpers.models import add_lora
     from lorahelpers.params import default_params
     from lorahelpers.plots import plot_history
     from lorahelpers.runtime import runtime_report

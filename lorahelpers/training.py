@@ -8,6 +8,7 @@ them nor adds the tokenizer's default system prompt.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -470,6 +471,7 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
 
         FastLanguageModel.for_training(model)
     forwards = _own_forwards(model)
+    longest = max(len(e["input_ids"]) for e in train_examples + eval_examples)
     trainer = _Trainer(
         model=model, args=_sft_config(s, report, out, bool(eval_examples), total_steps),
         data_collator=PadCollator(tokenizer.pad_token_id, 8 if report.cuda else None),
@@ -486,7 +488,8 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     t0 = time.perf_counter()
     interrupted = False
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with _cpu_fast_path(model, enabled=s.bf16 and not report.cuda, longest=longest):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -526,6 +529,46 @@ def _starting_point(out: Path, resume: bool) -> tuple[Path | None, History]:
     print(f"Resuming from {last} (step {step}).")
     saved = out / "history.json"
     return last, History.load(saved).truncate(step) if saved.is_file() else History()
+
+
+EAGER_ATTENTION_MAX_TOKENS = 256  # measured: below this, CPU eager attention beats SDPA
+
+
+@contextlib.contextmanager
+def _cpu_fast_path(model, enabled: bool, longest: int):
+    """bf16 training on CPU without waste; the model is exactly as before afterwards.
+
+    Measured with torch.profiler on SmolLM2-135M, batch 8 x 38 tokens, one thread: SDPA's CPU
+    flash-attention backward took 28% of a step (11 ms per layer for 38 tokens), eager
+    attention a fifth of that; autocast re-cast every frozen weight to bf16 on every forward
+    (the 49152 x 576 tied LM head alone costs 30+ ms a step), and PEFT cast each LoRA input to
+    float32 only for autocast to cast it back. Together these made a step about 1.6x slower.
+    """
+    if not enabled:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    attention = getattr(model.config, "_attn_implementation", None)
+    eager = attention == "sdpa" and longest <= EAGER_ATTENTION_MAX_TOKENS
+    frozen = [m for m in model.modules() if isinstance(m, torch.nn.Linear)
+              and not m.weight.requires_grad and m.weight.dtype == torch.float32]
+    originals = [m.weight for m in frozen]
+    try:
+        if eager:
+            model.set_attn_implementation("eager")
+        # bf16 copies are what autocast computes anyway, once instead of every step. A new
+        # Parameter (not .data) leaves an LM head tied to the embedding untouched.
+        for m in frozen:
+            m.weight = torch.nn.Parameter(m.weight.detach().to(torch.bfloat16),
+                                          requires_grad=False)
+        with disable_input_dtype_casting(model):
+            yield
+    finally:
+        for m, weight in zip(frozen, originals, strict=True):
+            m.weight = weight
+        if eager:
+            model.set_attn_implementation(attention)
 
 
 def _own_forwards(model) -> list:

@@ -11,6 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads spin-wait by default; when another process (a notebook kernel, llama.cpp)
+# shares the cores, that spinning slowed training steps several-fold. Must be set before torch
+# is first imported, which is why it lives here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest_plugins = ["tests.fixtures_training", "tests.fixtures_export"]
 

@@ -44,7 +44,7 @@ def finetuned(embedded_path, tmp_path_factory) -> Finetuned:
     fmt = get_chat_format("chatml")
     train_rows = alpaca_conversations("alpaca_train.jsonl")
     eval_rows = alpaca_conversations("alpaca_eval.jsonl")
-    model, tokenizer = load_model(embedded_path, max_seq_length=128, chat_format=fmt)
+    model, tokenizer = load_model(embedded_path, max_seq_length=256, chat_format=fmt)
     model = add_lora(model, LoraSettings(r=16, alpha=16, seed=3407))
     settings = TrainSettings(
         output_dir=tmp_path_factory.mktemp("finetuned"), max_steps=FINETUNE_STEPS, batch_size=8,

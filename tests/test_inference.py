@@ -138,6 +138,7 @@ def test_report_renders_as_an_escaped_table():
     assert "Score: 50.0%" in page and str(report) == "50.0% (exact, 1 rows)"
 
 
+@pytest.mark.slow
 def test_the_finetuned_model_answers_the_held_out_reviews(finetuned, base):
     rows = finetuned.eval_conversations[:16]
     after = evaluate(finetuned.model, finetuned.tokenizer, rows, "exact", finetuned.chat_format,

@@ -89,6 +89,7 @@ def test_four_bit_base_without_its_original_says_what_to_download(monkeypatch):
 
 # ---- the merge against PEFT on the embedded model
 
+@pytest.mark.slow
 def test_merged_checkpoint_matches_the_peft_model(merge_result, export_source):
     merged = _load(merge_result.out_dir)
     ours, peft = _logits(merged), _logits(export_source.model)
@@ -106,6 +107,7 @@ def test_merged_checkpoint_matches_the_peft_model(merge_result, export_source):
     assert template == export_source.chat_format.jinja_template
 
 
+@pytest.mark.slow
 def test_merging_again_replaces_the_output(merge_result, export_source, tmp_path):
     out = tmp_path / "merged"
     merge_lora(export_source.adapter_dir, out, base_dir=export_source.base_dir, **QUIET)
@@ -185,7 +187,9 @@ def test_adapter_for_another_model_is_refused(tmp_path, embedded_path):
         merge_lora(adapter, tmp_path / "merged", base_dir=embedded_path, **QUIET)
 
 
-def test_truncated_base_shard_is_named(tmp_path, embedded_path, export_source):
+def test_truncated_base_shard_is_named(tmp_path, embedded_path):
+    from safetensors.numpy import save_file
+
     base = tmp_path / "base"
     base.mkdir()
     for p in embedded_path.iterdir():
@@ -193,6 +197,13 @@ def test_truncated_base_shard_is_named(tmp_path, embedded_path, export_source):
             (base / p.name).write_bytes(p.read_bytes())
     with open(embedded_path / "model.safetensors", "rb") as f:
         (base / "model.safetensors").write_bytes(f.read(1_000_000))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 1, "lora_alpha": 1}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{prefix}.lora_A.weight": np.ones((1, 576), np.float32),
+               f"{prefix}.lora_B.weight": np.ones((576, 1), np.float32)},
+              str(adapter / "adapter_model.safetensors"))
     with pytest.raises(MergeError, match=r"base/model.safetensors is truncated"):
-        merge_lora(export_source.adapter_dir, tmp_path / "merged", base_dir=base, **QUIET)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+        merge_lora(adapter, tmp_path / "merged", base_dir=base, **QUIET)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base"]

@@ -370,6 +370,7 @@ def test_train_needs_lora_adapters(embedded_path, tmp_path):
         train(model, tokenizer, TINY, None, CHATML, quick(tmp_path))
 
 
+@pytest.mark.slow
 def test_the_finetuned_fixture_learned_the_task(finetuned):
     losses = finetuned.history.column("loss")
     assert losses[-1] < losses[0] / 4
@@ -401,11 +402,18 @@ def test_cpu_training_runs_under_bf16_autocast_where_supported(embedded_path, tm
     layer = model.get_base_model().model.layers[0].self_attn.q_proj
     handle = layer.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     try:
+        weights = {n: p for n, p in model.named_parameters()}
         train(model, tokenizer, TINY[:2], None, CHATML, quick(tmp_path, max_steps=1))
         assert seen and set(seen) == {torch.bfloat16}
         seen.clear()
         with torch.no_grad():  # afterwards the model runs in float32 again
             model(**tokenizer(["Hi"], return_tensors="pt"))
         assert seen == [torch.float32]
+        # ...with the very same weights, the LM head still tied, the attention as loaded.
+        after = dict(model.named_parameters())
+        assert after.keys() == weights.keys()
+        assert all(after[n] is p and p.dtype == torch.float32 for n, p in weights.items())
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        assert model.config._attn_implementation == "sdpa"
     finally:
         handle.remove()
