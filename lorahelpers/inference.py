@@ -163,6 +163,20 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold().rstrip(".!?;:, ")
 
 
+def token_f1(expected: str, answer: str) -> float:
+    """Word-overlap F1 (as in SQuAD) for free-text answers that cannot match exactly.
+
+    >>> token_f1("the cat sat", "a cat sat down")
+    0.5714285714285714
+    """
+    want, got = normalize(expected).split(), normalize(answer).split()
+    common = sum(min(want.count(w), got.count(w)) for w in set(want))
+    if not want or not got or not common:
+        return float(want == got)
+    precision, recall = common / len(got), common / len(want)
+    return 2 * precision * recall / (precision + recall)
+
+
 def _scorer(scorer) -> Callable[[str, str], float]:
     if callable(scorer):
         return scorer
@@ -170,7 +184,9 @@ def _scorer(scorer) -> Callable[[str, str], float]:
         return lambda expected, answer: float(normalize(expected) == normalize(answer))
     if scorer == "contains":
         return lambda expected, answer: float(normalize(expected) in normalize(answer))
-    raise ValueError(f"scorer must be 'exact', 'contains' or a function (expected, answer) -> "
+    if scorer == "f1":
+        return token_f1
+    raise ValueError(f"scorer must be 'exact', 'contains', 'f1' or a function (expected, answer) -> "
                      f"bool or float in [0, 1]; got {scorer!r}")
 
 

@@ -82,3 +82,14 @@ def test_table_fields_from_the_environment():
 def test_template_and_output_column_go_together(fields):
     with pytest.raises(ValueError, match="template and output_column go together"):
         Params(kind="table", **fields)
+
+
+def test_every_default_scorer_exists():
+    from lorahelpers.inference import _scorer, token_f1
+
+    for cuda in (False, True):
+        for kind in ("alpaca", "table"):
+            _scorer(default_params(kind, runtime=runtime(cuda), env={}).scorer)
+    assert token_f1("the cat sat", "the cat sat") == 1.0
+    assert token_f1("the cat sat", "a dog ran") == 0.0
+    assert 0.5 < token_f1("the cat sat", "a cat sat down") < 0.6
