@@ -262,7 +262,11 @@ def _check_free_space(directory: Path, need: float) -> None:
 def _expected_template(model_dir: Path) -> str | None:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir).chat_template
+    try:
+        return AutoTokenizer.from_pretrained(model_dir).chat_template
+    except Exception as e:
+        raise ExportError(f"{model_dir}: the tokenizer does not load ({type(e).__name__}: {e}). "
+                          "Save it again with tokenizer.save_pretrained().") from None
 
 
 def _check_template(gguf: Path, expected: str | None) -> None:
