@@ -69,10 +69,10 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
                  if k != "__metadata__")
     kquants = [q for q in quants if q in KQUANT_TYPES]
     direct = [q for q in quants if q not in KQUANT_TYPES]
-    # The 16-bit file the k-quants start from: one the caller asked for, else a temporary one.
-    inter = next((q for q in ("bf16", "f16") if q in direct), None)
-    if kquants and inter is None:
-        inter = "bf16" if _config_dtype(model_dir) == "bfloat16" else "f16"
+    # The 16-bit file the k-quants start from (the model's own 16-bit type first): one the
+    # caller asked for, else a temporary one.
+    preferred = ("bf16", "f16") if _config_dtype(model_dir) == "bfloat16" else ("f16", "bf16")
+    inter = next((q for q in preferred if q in direct), preferred[0])
     need = params * sum(BITS[q] for q in quants) / 8
     if kquants and inter not in direct:
         need += params * 2
@@ -83,23 +83,13 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
              f"{', '.join(quants)} with llama.cpp {llama_cpp_version()}")
 
     paths: dict[str, Path] = {}
-    temporary = None
-    if kquants and inter not in direct:
-        temporary = out_dir / f".{name}-{inter}.intermediate.gguf"
+    temporary = out_dir / f".{name}-{inter}.intermediate.gguf"
     try:
-        for q in direct + ([inter] if temporary else []):
-            final = out_dir / f"{name}-{q}.gguf" if q in direct else temporary
-            with _atomic(final) as tmp:
-                started = time.monotonic()
-                run_script("convert_hf_to_gguf.py", [str(model_dir), "--outtype", q,
-                                                     "--outfile", str(tmp)], progress)
-                _check_template(tmp, expected)
-                if q in direct:
-                    progress(f"Wrote {final.name} ({tmp.stat().st_size / 1e6:.0f} MB, "
-                             f"{time.monotonic() - started:.0f} s)")
-            if q in direct:
-                paths[q] = final
-        source = paths.get(inter, temporary)
+        for q in direct:
+            paths[q] = _convert(model_dir, q, out_dir / f"{name}-{q}.gguf", expected, progress)
+        if kquants:
+            source = paths.get(inter) or _convert(model_dir, inter, temporary, expected,
+                                                  progress)
         for q in kquants:
             final = out_dir / f"{name}-{q}.gguf"
             with _atomic(final) as tmp:
@@ -111,9 +101,19 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
                          f"{time.monotonic() - started:.0f} s)")
             paths[q] = final
     finally:
-        if temporary is not None and temporary.exists():
-            temporary.unlink()
+        temporary.unlink(missing_ok=True)
     return {q: paths[q] for q in quants}
+
+
+def _convert(model_dir: Path, quant: str, final: Path, expected, progress) -> Path:
+    with _atomic(final) as tmp:
+        started = time.monotonic()
+        run_script("convert_hf_to_gguf.py", [str(model_dir), "--outtype", quant,
+                                             "--outfile", str(tmp)], progress)
+        _check_template(tmp, expected)
+        progress(f"Wrote {final.name} ({tmp.stat().st_size / 1e6:.0f} MB, "
+                 f"{time.monotonic() - started:.0f} s)")
+    return final
 
 
 def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, outtype: str = "f16",

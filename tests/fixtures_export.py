@@ -17,10 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 QUANTS = ("f16", "bf16", "q8_0", "q4_k_m", "q5_k_m")
 
 
-def verify_prompt_list() -> list[str]:
+def verify_prompt_list() -> list:
+    """Held-out review prompts, two general questions and a multi-turn chat with a system
+    message (so the template's every branch reaches the tokenizer comparison)."""
     rows = [json.loads(line) for line in (ROOT / "data" / "alpaca_eval.jsonl").open()][:3]
+    chat = [{"role": "system", "content": "You tag product reviews as POS or NEG."},
+            {"role": "user", "content": "Tag the review.\n\nThe kettle boils fast and quietly."},
+            {"role": "assistant", "content": "POS"},
+            {"role": "user", "content": "Tag the review.\n\nThe lid broke on the first day."}]
     return [f"{r['instruction']}\n\n{r['input']}" for r in rows] + [
-        "What is the capital of France?", "Name three colours of the rainbow."]
+        "What is the capital of France?", "Name three colours of the rainbow.", chat]
 
 
 def make_stand_in(base_dir: Path, out: Path, **lora_kwargs) -> SimpleNamespace:

@@ -55,7 +55,7 @@ notebook_defaults = {
     "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),
     "scorer": "exact",
     "eval_size": 20,                                      # held-out rows per task
-    "max_steps": 60 if runtime.cuda else 16,              # per adapter
+    "max_steps": 60 if runtime.cuda else 24,              # per adapter
     "quants": ("q8_0",) if runtime.cuda else ("f16",),    # the base GGUF
     "ollama_name": "lorahelpers-reviews",                 # -> ...-tagger and ...-namer
     "output_dir": "outputs/two_adapters",
@@ -129,8 +129,9 @@ plot_history(namer_run.history)
 
 # %% [markdown]
 # ## Same prompts, three models (PyTorch)
-# Every model on every task: each adapter does its own task and keeps doing it when asked the
-# other question, while the base does neither.
+# Every model on every task. Each adapter does its own task; asked the other question, it
+# usually still answers in its own way (a tag, a product name), because that is all it
+# learned. The base does neither.
 
 # %%
 from lorahelpers.adapters import TaskScores
@@ -220,7 +221,8 @@ for name, path in modelfiles.items():
 #   adapter into the base instead (the Alpaca notebook's path).
 # * **One adapter per model.** To use both skills at once, train one adapter on both tasks.
 # * Ollama does **not** check that `FROM` is the base the adapter was trained on: over another
-#   base it loads and answers nonsense. Keep each adapter with the base GGUF it was made for.
+#   base it may fail to load or, worse, load and answer nonsense. Keep each adapter with the
+#   base GGUF it was made for.
 
 # %% [markdown]
 # ## Register both with Ollama
