@@ -87,7 +87,9 @@ def _write_synthetic(tmp: Path, groups: list[dict]) -> None:
                    .to(torch.bfloat16) for k, s in group.items()}
         save_file(tensors, str(tmp / name), metadata={"format": "pt"})
         weight_map |= dict.fromkeys(group, name)
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    total = sum(2 * torch.Size(s).numel() for group in groups for s in group.values())
+    (tmp / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}))
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "dtype": "bfloat16",
               "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-5,
               "rope_theta": 10000.0, "tie_word_embeddings": False, "bos_token_id": 1,
