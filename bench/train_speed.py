@@ -29,6 +29,7 @@ from transformers.trainer_callback import PrinterCallback
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lorahelpers.batches import PadCollator, label_loss, tokenize_conversations  # noqa: E402
 from lorahelpers.chat import get_chat_format  # noqa: E402
 from lorahelpers.models import (  # noqa: E402
     ALL_PROJECTIONS,
@@ -37,13 +38,7 @@ from lorahelpers.models import (  # noqa: E402
     embedded_base,
     load_model,
 )
-from lorahelpers.training import (  # noqa: E402
-    PadCollator,
-    TrainSettings,
-    label_loss,
-    tokenize_conversations,
-    train,
-)
+from lorahelpers.training import TrainSettings, train  # noqa: E402
 
 FMT = get_chat_format("chatml")
 

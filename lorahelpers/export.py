@@ -7,12 +7,11 @@ merge_lora and MergeResult live in merge.py (which imports torch) and are import
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from lorahelpers.atomic import atomic_path
 from lorahelpers.llamacpp import (  # noqa: F401  (re-exported for callers and the set-up)
     ExportError,
     LlamaCppMissingError,
@@ -92,7 +91,7 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
                                                   progress)
         for q in kquants:
             final = out_dir / f"{name}-{q}.gguf"
-            with _atomic(final) as tmp:
+            with atomic_path(final) as tmp:
                 started = time.monotonic()
                 progress(f"Quantizing {source.name} to {q}...")
                 quantize(source, tmp, q)
@@ -106,7 +105,7 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
 
 
 def _convert(model_dir: Path, quant: str, final: Path, expected, progress) -> Path:
-    with _atomic(final) as tmp:
+    with atomic_path(final) as tmp:
         started = time.monotonic()
         run_script("convert_hf_to_gguf.py", [str(model_dir), "--outtype", quant,
                                              "--outfile", str(tmp)], progress)
@@ -140,7 +139,7 @@ def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, outtype
     _check_architecture(base_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _check_free_space(out_path.parent, 2 * _dir_bytes(adapter_dir) + 2**24)
-    with _atomic(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         run_script("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir),
                                                "--outtype", outtype, "--outfile", str(tmp)],
                    progress)
@@ -280,25 +279,3 @@ def _check_template(gguf: Path, expected: str | None) -> None:
             f"tokenizer: {expected!r}\nGGUF:      {found!r}\nIf tokenizer_config.json and "
             "chat_template.jinja disagree, keep one (the converter prefers "
             "tokenizer_config.json's).")
-
-
-class _atomic:
-    """A temporary name next to `final`, renamed to it on success and removed on any failure
-    (Ctrl-C included)."""
-
-    def __init__(self, final: Path):
-        self.final = final
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=".part",
-                                    dir=self.final.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, kind, value, traceback):
-        if kind is None and self.tmp.exists():
-            os.replace(self.tmp, self.final)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False

@@ -4,13 +4,12 @@ files uploaded into a notebook. Use them through lorahelpers.data. No torch here
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
+from lorahelpers.atomic import write_atomic
 from lorahelpers.tables import SUFFIXES, DataError, DataReport, _check_header, render_value
 
 
@@ -59,17 +58,7 @@ def save_upload(uploaded, directory) -> Path | None:
     data = bytes(content)
     if not data:
         raise DataError(f"{name}: the upload is empty. Fix: upload the file again")
-    target = Path(directory) / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return target
+    return write_atomic(Path(directory) / name, data)
 
 
 def _open_workbook(path: Path):

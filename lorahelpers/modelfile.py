@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
+
+from lorahelpers.atomic import write_atomic
 
 # Parameters that every Ollama since 0.5.5 parses, with their Go types.
 PARAMETER_TYPES = {
@@ -179,12 +180,4 @@ def write_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=
     path = Path(path) if path is not None else Path(gguf).parent / "Modelfile"
     text = render_modelfile(gguf, chat_format, system=system, parameters=parameters,
                             adapter=adapter, modelfile_dir=path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=".Modelfile.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, text)

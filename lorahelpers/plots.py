@@ -11,10 +11,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lorahelpers.atomic import write_atomic
 
 FIELDS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "tokens", "tokens_per_s",
           "elapsed_s", "eval_loss")
@@ -81,9 +82,9 @@ class History:
         writer.writeheader()
         writer.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in FIELDS}
                          for r in self.records)
-        json_path = _write_atomic(directory / "history.json",
+        json_path = write_atomic(directory / "history.json",
                                   json.dumps(self.records, indent=1) + "\n")
-        csv_path = _write_atomic(directory / "history.csv", buf.getvalue())
+        csv_path = write_atomic(directory / "history.csv", buf.getvalue())
         return json_path, csv_path
 
     @classmethod
@@ -100,18 +101,6 @@ class History:
                                                     for r in records):
             raise ValueError(f"{path} is not a training history (a JSON list of step records)")
         return cls([dict.fromkeys(FIELDS) | r for r in records])
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _as_history(history) -> History:

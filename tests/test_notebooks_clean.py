@@ -29,7 +29,7 @@ def test_colab_ready(path):
     nb = json.loads(path.read_text())
     text = ["".join(c["source"]) for c in nb["cells"]]
     assert "colab.research.google.com/github/" in text[0] and path.name in text[0]
-    code = [t for c, t in zip(nb["cells"], text) if c["cell_type"] == "code"]
+    code = [t for c, t in zip(nb["cells"], text, strict=True) if c["cell_type"] == "code"]
     assert any("colab_setup.sh" in t and "google.colab" in t for t in code)
     assert any("runtime_report()" in t for t in code)
     assert sum("default_params(" in t for t in code) == 1, "exactly one parameters cell"

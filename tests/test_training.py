@@ -9,6 +9,13 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from lorahelpers.batches import (
+    IGNORE,
+    LengthGroupedSampler,
+    PadCollator,
+    label_loss,
+    tokenize_conversations,
+)
 from lorahelpers.chat import get_chat_format
 from lorahelpers.models import (
     ALL_PROJECTIONS,
@@ -21,15 +28,7 @@ from lorahelpers.models import (
 )
 from lorahelpers.plots import History
 from lorahelpers.runtime import RuntimeReport
-from lorahelpers.training import (
-    IGNORE,
-    LengthGroupedSampler,
-    PadCollator,
-    TrainSettings,
-    label_loss,
-    tokenize_conversations,
-    train,
-)
+from lorahelpers.training import TrainSettings, train
 
 CHATML = get_chat_format("chatml")
 
@@ -233,7 +232,7 @@ def test_label_loss_equals_the_models_own_loss(embedded_path, embedded_tokenizer
         ours = float(label_loss(model, batch))
     assert ours == pytest.approx(hf_loss(model, batch), rel=1e-4)
     # In chunks (as for long sequences) it is the same number.
-    from lorahelpers import training
+    from lorahelpers import batches
 
     labels = batch["labels"][:, 1:]
     with torch.no_grad():
@@ -241,8 +240,8 @@ def test_label_loss_equals_the_models_own_loss(embedded_path, embedded_tokenizer
                                               attention_mask=batch["attention_mask"])[0]
         mask = labels != IGNORE
         head = model.get_base_model().get_output_embeddings()
-        whole = training._label_nll(hidden[:, :-1][mask], labels[mask], head)
-        chunked = training._label_nll(hidden[:, :-1][mask], labels[mask], head,
+        whole = batches._label_nll(hidden[:, :-1][mask], labels[mask], head)
+        chunked = batches._label_nll(hidden[:, :-1][mask], labels[mask], head,
                                       chunk_elements=1)
     assert float(chunked) == pytest.approx(float(whole), rel=1e-5)
 

@@ -1,0 +1,39 @@
+"""Atomic writes: everything lorahelpers writes goes to a temporary name in the target's folder
+and is renamed over the target only when complete. A failure (Ctrl-C included) removes the
+temporary file, so nothing half-written ever carries a final name. No dependencies.
+
+    >>> write_atomic(Path("out/summary.json"), json.dumps(summary))      # doctest: +SKIP
+    >>> with atomic_path(Path("out/model-q8_0.gguf")) as tmp:          # doctest: +SKIP
+    ...     run_converter(outfile=tmp)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, suffix: str = ".part"):
+    """Yield a temporary path next to `final` for someone (a process, savefig) to write;
+    renamed to `final` when the block ends without error, removed otherwise."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.exists():
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write text (UTF-8, newlines as given) or bytes to `path` atomically; returns `path`."""
+    with atomic_path(Path(path), suffix=".tmp") as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
