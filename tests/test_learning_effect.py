@@ -1,11 +1,14 @@
-"""The README's main command end to end on the embedded model: it learns (held-out exact-match
-score up by at least 40 points), the q8_0 GGUF run by llama.cpp keeps what was learned (within
-10 points), every export is verified, and the Modelfile is one Ollama accepts."""
+"""The learning effect, asserted outside the notebooks. The README's main command end to end on
+the embedded model: it learns (held-out exact-match score up by at least 40 points), the q8_0
+GGUF run by llama.cpp keeps what was learned (within 10 points), every export is verified, and
+the Modelfile is one Ollama accepts. And the CSV/Excel notebook's CPU defaults learn the sample
+workbook's shipping rule."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,3 +39,31 @@ def test_demo_learns_and_the_gguf_keeps_it(tmp_path):
     assert summary["ollama"].startswith("skipped: no Ollama server answers")
     assert (out / "loss.png").stat().st_size > 10_000
     assert "held-out score after training" in proc.stdout  # the summary table is printed
+
+
+@pytest.mark.slow
+def test_table_notebook_defaults_learn_the_shipping_rule(tmp_path):
+    # The CPU defaults of the CSV/Excel notebook on the sample workbook: the held-out score
+    # (a number within 0.5 of the true cost) rises clearly.
+    from lorahelpers.inference import evaluate
+    from lorahelpers.models import add_lora
+    from lorahelpers.params import default_params
+    from lorahelpers.pipeline import load, lora_settings, prepare_data, train_settings
+    from lorahelpers.runtime import runtime_report
+    from lorahelpers.training import train
+
+    params = default_params("table", runtime=runtime_report(), env={},
+                            output_dir=str(tmp_path / "table"))
+    data = prepare_data(params)
+    model, tokenizer, fmt = load(params)
+
+    def same_amount(expected: str, answer: str) -> bool:
+        found = re.search(r"-?\d+(?:\.\d+)?", answer)
+        return found is not None and abs(float(found.group()) - float(expected)) <= 0.5
+
+    before = evaluate(model, tokenizer, data.eval, same_amount, fmt, max_new_tokens=8)
+    model = add_lora(model, lora_settings(params))
+    train(model, tokenizer, data.train, data.eval, fmt, train_settings(params))
+    after = evaluate(model, tokenizer, data.eval, same_amount, fmt, max_new_tokens=8)
+    print(f"table: before {before.score:.1f} %, after {after.score:.1f} % of {after.n}")
+    assert after.score - before.score >= 40, (before, after)

@@ -66,6 +66,8 @@ def test_table_defaults_read_the_sample_workbook(cuda):
     assert p.data.endswith("data/table.xlsx") and p.eval_data == ""
     assert (p.sheet, p.eval_sheet, p.output_column) == ("orders", "held_out", "shipping_eur")
     assert p.template == TABLE_TEMPLATE and "{zone}" in p.template and "[[" in p.template
+    if not cuda:  # the measured CPU calibration for the sample orders
+        assert (p.max_steps, p.learning_rate) == (80, 1e-3)
     a = default_params("alpaca", runtime=runtime(cuda), env={})
     assert (a.sheet, a.eval_sheet, a.template, a.output_column) == ("", "", "", "")
 

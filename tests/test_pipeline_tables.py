@@ -1,6 +1,7 @@
 """prepare_data reads a table's sheet, template and answer column from the parameters, and
 its keyword arguments still win (no model, no torch)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_table_params_give_training_and_held_out_sheets():
     assert data.report.source.endswith("[orders]")
     assert data.eval_report.source.endswith("[held_out]")
     first = data.train[0]
-    assert first[0]["content"] == ("Order of scarf (clothing), 0.21 kg. Zone B, express: no, "
+    assert first[0]["content"] == ("Zone B, express: no. Order of scarf (clothing), 0.21 kg, "
                                    "ordered 2025-06-04. Shipping in EUR?")
     assert first[1] == {"role": "assistant", "content": "6"}
     train_prompts = {c[0]["content"] for c in data.train}
@@ -54,7 +55,8 @@ def test_a_csv_file_with_the_same_params():
 def test_keyword_arguments_override_the_params():
     data = prepare_data(table_params(), template="Zone {zone}, express {express}?",
                         output_column="shipping_eur", sheet="held_out", eval_sheet="orders")
-    assert len(data.train) == 30 and data.train[0][0]["content"].startswith("Zone ")
+    assert len(data.train) == 30
+    assert re.fullmatch(r"Zone [ABCD], express (yes|no)\?", data.train[0][0]["content"])
     assert len(data.eval) == 40  # eval_size (40) caps the 127 orders
 
 
