@@ -71,6 +71,10 @@ def _cpu_bf16() -> bool:
 def runtime_report() -> RuntimeReport:
     """Inspect the machine.
 
+    On a CUDA machine with Unsloth installed this imports unsloth to learn whether it works.
+    That import patches transformers, which Unsloth needs to happen before transformers is
+    used, so the notebooks call runtime_report() in their first cells.
+
     >>> runtime_report().summary()  # doctest: +SKIP
     'CPU only (2 threads), bf16: yes, Unsloth: no, backend: transformers, torch 2.13.0+cpu, ...'
     """
