@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
@@ -21,9 +21,9 @@ def atomic_path(final: Path, suffix: str = ".part"):
     renamed to `final` when the block ends without error, removed otherwise."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # Not mkstemp: its 0600 would stay on the final file; touch gives the usual 0666 less umask.
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{suffix}")
+    tmp.touch(exist_ok=False)
     try:
         yield tmp
         if tmp.exists():

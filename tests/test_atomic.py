@@ -34,3 +34,14 @@ def test_atomic_path_renames_what_a_writer_left(tmp_path):
         tmp.write_bytes(b"done")
     assert final.read_bytes() == b"done"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    # Others on the machine (an Ollama service user, a shared Colab folder) can read the
+    # outputs exactly as with a plain open(): 0666 less the umask, not a temporary file's 0600.
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_atomic(tmp_path / "summary.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
