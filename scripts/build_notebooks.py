@@ -9,12 +9,14 @@ The .ipynb files are committed without outputs; edit the sources and run this sc
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lorahelpers.atomic import write_atomic  # noqa: E402
+
 SRC = ROOT / "notebooks" / "src"
 
 
@@ -65,10 +67,7 @@ def main(argv: list[str]) -> int:
             if not target.exists() or target.read_text() != text:
                 stale.append(target.name)
             continue
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
+        write_atomic(target, text)
         print(f"wrote {target.relative_to(ROOT)}")
     if stale:
         print(f"out of date (run python scripts/build_notebooks.py): {', '.join(stale)}")
