@@ -169,6 +169,12 @@ class LoraSettings:
         return self.alpha / (self.r ** 0.5 if self.use_rslora else self.r)
 
 
+def is_4bit(model) -> bool:
+    """True for a model (or a PEFT model over one) whose base weights are 4-bit (bitsandbytes,
+    as QLoRA and Unsloth's bnb-4bit checkpoints load them)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False))
+
+
 def backend_of(model) -> str:
     """"unsloth" or "transformers": how `model` was loaded (load_model marks it)."""
     return getattr(model, "lorahelpers_backend", "transformers")
@@ -196,7 +202,10 @@ def _resolve_dtype(dtype, cuda: bool):
     if dtype is None:
         if not cuda:
             return torch.float32  # CPU training runs bf16 autocast over float32 weights
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from .runtime import choose_precision
+
+        bf16, _ = choose_precision(True, torch.cuda.get_device_capability(0), False)
+        return torch.bfloat16 if bf16 else torch.float16
     if isinstance(dtype, str):
         name = dtype.removeprefix("torch.")
         if not isinstance(getattr(torch, name, None), torch.dtype):
@@ -246,6 +255,11 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
     if load_in_4bit and not cuda:
         raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); on CPU leave it "
                          "unset or False.")
+    if cuda and load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"load_in_4bit=True needs the bitsandbytes package, which is not "
+                         f"installed (loading {source}). Fix: pip install bitsandbytes "
+                         "(colab_setup.sh installs it with Unsloth), or load_in_4bit=False "
+                         "for 16-bit weights.")
     torch_dtype = _resolve_dtype(dtype, cuda)
     try:
         if backend == "unsloth":

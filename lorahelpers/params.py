@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorahelpers.runtime import RuntimeReport, runtime_report
+from lorahelpers.runtime import RuntimeReport, device_defaults, runtime_report
 
 ENV_PREFIX = "LORAHELPERS_"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -50,7 +50,9 @@ class Params:
     scorer: str = field(default="exact", metadata={"help": "'exact', 'contains' or 'f1'"})
     system: str = field(default="", metadata={"help": "optional system prompt for every example"})
     max_steps: int = field(default=60, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=8, metadata={"help": "examples per step"})
+    batch_size: int = field(default=8, metadata={"help": "conversations per micro-batch"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "micro-batches per optimizer step (batch_size x grad_accum per step)"})
     learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
@@ -69,7 +71,8 @@ class Params:
         bad = [q for q in self.quants if q not in QUANTS]
         if bad:
             raise ValueError(f"unknown GGUF type(s) {bad}: choose from {', '.join(QUANTS)}")
-        for name in ("max_steps", "batch_size", "lora_r", "lora_alpha", "max_seq_length"):
+        for name in ("max_steps", "batch_size", "grad_accum", "lora_r", "lora_alpha",
+                     "max_seq_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.learning_rate < 1:
@@ -86,8 +89,14 @@ class Params:
             return str(embedded_base())
         return self.model
 
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum
+
     def table(self) -> list[tuple[str, str]]:
-        return [(f.name, str(getattr(self, f.name))) for f in dataclasses.fields(self)]
+        rows = [(f.name, str(getattr(self, f.name))) for f in dataclasses.fields(self)]
+        return rows + [("examples per step", f"{self.batch_size} x {self.grad_accum} = "
+                                             f"{self.examples_per_step}")]
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td>{k}</td><td><code>{v}</code></td></tr>" for k, v in self.table())
@@ -99,7 +108,9 @@ def default_params(kind: str = "alpaca", runtime: RuntimeReport | None = None,
     """Defaults for this machine, then LORAHELPERS_* environment variables, then `overrides`.
 
     On a CUDA GPU: an Unsloth 4-bit Llama-3.2 Instruct model and a Hub dataset (Alpaca) or the
-    sample table, a few hundred steps. On CPU: the embedded SmolLM2-135M and the data/ samples.
+    sample table, with Unsloth's notebook settings (2 x 4 = 8 conversations per step, 60 steps,
+    2e-4). On CPU: the embedded SmolLM2-135M and the data/ samples. The step sizes come from
+    lorahelpers.runtime.device_defaults, the one place that decides them.
 
     >>> default_params("alpaca", max_steps=5).max_steps
     5
@@ -115,17 +126,14 @@ def default_params(kind: str = "alpaca", runtime: RuntimeReport | None = None,
         values |= {"data": str(DATA_DIR / "table.xlsx"), "sheet": "orders",
                    "eval_sheet": "held_out", "template": TABLE_TEMPLATE,
                    "output_column": "shipping_eur", "ollama_name": "lorahelpers-table"}
+    values |= device_defaults(runtime) | {"output_dir": f"outputs/{kind}"}
     if runtime.cuda:
         values |= {"model": "unsloth/Llama-3.2-3B-Instruct-bnb-4bit", "chat_format": "llama3",
-                   "load_in_4bit": True, "max_steps": 60, "batch_size": 8,
-                   "learning_rate": 2e-4, "max_seq_length": 2048, "quants": ("q4_k_m", "q8_0"),
-                   "output_dir": f"outputs/{kind}"}
+                   "load_in_4bit": True, "quants": ("q4_k_m", "q8_0")}
         if kind == "alpaca":
             values |= {"data": "yahma/alpaca-cleaned", "eval_data": "", "scorer": "f1"}
     else:
-        values |= {"model": EMBEDDED, "chat_format": "chatml", "max_steps": 40, "batch_size": 8,
-                   "learning_rate": 5e-4, "max_seq_length": 256, "quants": ("q8_0",),
-                   "output_dir": f"outputs/{kind}"}
+        values |= {"model": EMBEDDED, "chat_format": "chatml", "quants": ("q8_0",)}
         if kind == "table":  # measured: 80 steps at 1e-3 take the sample orders from 0 to 100 %
             values |= {"max_steps": 80, "learning_rate": 1e-3}
     values |= from_env(env)

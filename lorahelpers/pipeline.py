@@ -67,7 +67,8 @@ def train_settings(params: Params, **overrides):
     from lorahelpers.training import TrainSettings
 
     values = {"output_dir": params.output_dir, "max_steps": params.max_steps,
-              "batch_size": params.batch_size, "learning_rate": params.learning_rate,
+              "batch_size": params.batch_size, "grad_accum": params.grad_accum,
+              "learning_rate": params.learning_rate,
               "max_seq_length": params.max_seq_length, "seed": params.seed} | overrides
     return TrainSettings(**values)
 
@@ -99,7 +100,7 @@ class Comparison:
 
 
 def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
-                  max_new_tokens: int = 64):
+                  max_new_tokens: int = 64, n_gpu_layers: int = 0):
     """Score a GGUF with llama.cpp on held-out conversations, the prompts rendered by the same
     ChatFormat as in training: the number to compare with inference.evaluate's.
 
@@ -113,7 +114,8 @@ def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
                 if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
     prompts = [(list(row[:-1]), row[-1]["content"]) for row in eval_rows]
     longest = max(len(tokenizer(chat_format.generation_prefix(m))["input_ids"]) for m, _ in prompts)
-    runner = _GGUFRunner(Path(gguf), None, n_ctx=longest + max_new_tokens + 8)
+    runner = _GGUFRunner(Path(gguf), None, n_ctx=longest + max_new_tokens + 8,
+                         n_gpu_layers=n_gpu_layers)
     rows = []
     try:
         for messages, expected in prompts:
@@ -129,6 +131,75 @@ def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
     return EvalReport(score, rows, scorer if isinstance(scorer, str) else "custom")
 
 
+# Without GPU offload llama.cpp scores a 3B q4_k_m GGUF on Colab's 2 CPU threads at a few
+# tokens per second: 40 held-out Alpaca answers of up to 64 tokens would take 20-35 minutes.
+GGUF_ROWS_WITHOUT_OFFLOAD = 8
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How GGUF files are scored on this runtime: how many held-out rows, on which device."""
+
+    rows: int
+    n_gpu_layers: int
+    note: str
+
+
+def gguf_scoring_plan(cuda: bool, offload: bool, n_rows: int) -> ScoringPlan:
+    """Score every held-out row, on the GPU where llama.cpp can offload there; on a GPU runtime
+    whose llama.cpp is a CPU build, only the first GGUF_ROWS_WITHOUT_OFFLOAD rows (the model that
+    was trained on the GPU is too slow for the runtime's CPU).
+
+    >>> gguf_scoring_plan(cuda=True, offload=False, n_rows=40).rows
+    8
+    """
+    if cuda and offload:
+        return ScoringPlan(n_rows, -1, "all layers on the GPU (llama.cpp CUDA build)")
+    if cuda and n_rows > GGUF_ROWS_WITHOUT_OFFLOAD:
+        return ScoringPlan(GGUF_ROWS_WITHOUT_OFFLOAD, 0,
+                           f"first {GGUF_ROWS_WITHOUT_OFFLOAD} of {n_rows} held-out rows: this "
+                           "llama.cpp build runs on the CPU only (install its CUDA wheel to "
+                           "score them all)")
+    return ScoringPlan(n_rows, 0, "on the CPU")
+
+
+def free_torch_memory() -> str:
+    """Return the GPU memory PyTorch no longer uses to the driver, so that llama.cpp and Ollama
+    can have it; call it after `del model`. A one-line report; nothing to do on CPU.
+
+    >>> del model; print(free_torch_memory())  # doctest: +SKIP
+    GPU memory held by PyTorch: 9.8 GB -> 0.1 GB
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not torch.cuda.is_available():
+        return "CPU runtime: nothing to free on a GPU"
+    before = torch.cuda.memory_reserved() / 1e9
+    torch.cuda.empty_cache()
+    return f"GPU memory held by PyTorch: {before:.1f} GB -> {torch.cuda.memory_reserved() / 1e9:.1f} GB"
+
+
+def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
+                progress=print) -> dict:
+    """evaluate_gguf for each exported file, planned for this runtime (gguf_scoring_plan):
+    {quant: EvalReport}. On a GPU, call it after `del model; free_torch_memory()`.
+
+    >>> score_ggufs(export.ggufs, data.eval, fmt, tokenizer)["q8_0"].score  # doctest: +SKIP
+    """
+    from lorahelpers.llamacpp import import_llama_cpp
+    from lorahelpers.runtime import runtime_report
+
+    offload = bool(import_llama_cpp().llama_supports_gpu_offload())
+    plan = gguf_scoring_plan(runtime_report().cuda, offload, len(eval_rows))
+    progress(f"Scoring {len(ggufs)} GGUF file(s) with llama.cpp: {plan.note}")
+    return {q: evaluate_gguf(path, eval_rows[: plan.rows], chat_format, tokenizer, scorer,
+                             n_gpu_layers=plan.n_gpu_layers)
+            for q, path in ggufs.items()}
+
+
 @dataclass
 class ExportBundle:
     """What export_and_verify wrote and how each file compares with the PyTorch model."""
@@ -136,16 +207,30 @@ class ExportBundle:
     merged_dir: Path
     ggufs: dict[str, Path]
     reports: dict = field(default_factory=dict)
+    reference: str = "the PEFT model in memory"
+    # For a model trained over 4-bit base weights: that model against the merged 16-bit one
+    # the GGUF files were verified against (for information, not part of all_verified).
+    quantized_gap: object | None = None
 
     @property
     def all_verified(self) -> bool:
         return all(r.passed for r in self.reports.values())
 
+    GAP_TITLE = "The 4-bit model trained in memory against the merged 16-bit model (for information)"
+
     def __str__(self) -> str:
-        return "\n\n".join(str(r) for r in self.reports.values())
+        parts = [f"Verified against {self.reference}."]
+        parts += [str(r) for r in self.reports.values()]
+        if self.quantized_gap is not None:
+            parts.append(f"{self.GAP_TITLE}:\n{self.quantized_gap}")
+        return "\n\n".join(parts)
 
     def _repr_html_(self) -> str:
-        return "".join(r._repr_html_() for r in self.reports.values())
+        body = f"<p>Verified against {html.escape(self.reference)}.</p>"
+        body += "".join(r._repr_html_() for r in self.reports.values())
+        if self.quantized_gap is not None:
+            body += f"<h4>{html.escape(self.GAP_TITLE)}</h4>" + self.quantized_gap._repr_html_()
+        return body
 
 
 def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name, quants,
@@ -153,21 +238,34 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
     """Merge the adapter into its 16-bit base, write one GGUF per quant type, and verify each
     against `model` (the PEFT model in memory) on `prompts` (message lists).
 
+    A model trained over 4-bit base weights (QLoRA, Unsloth's bnb-4bit) differs from any
+    16-bit export by the base's rounding, so there each GGUF is verified against the merged
+    16-bit checkpoint it was made from (what it must equal), and the 4-bit model's distance
+    from that checkpoint is reported separately (`quantized_gap`).
+
     >>> bundle = export_and_verify(model, tok, result.adapter_dir, fmt, "out", "m", ["q8_0"],
     ...                            prompts)  # doctest: +SKIP
     """
     from lorahelpers.export import export_gguf
     from lorahelpers.merge import merge_lora
-    from lorahelpers.verify import verify
+    from lorahelpers.models import is_4bit
+    from lorahelpers.verify import load_reference, verify
 
     out = Path(out_dir)
     merged = merge_lora(adapter_dir, out / "merged", chat_format=chat_format, progress=progress)
     progress(merged.summary())
     ggufs = export_gguf(out / "merged", out / "gguf", name, tuple(quants), progress=progress)
     bundle = ExportBundle(out / "merged", ggufs)
+    reference = model
+    if is_4bit(model):
+        progress("The model in memory has 4-bit base weights: verifying against the merged "
+                 "16-bit model, and reporting the 4-bit model's distance from it separately.")
+        reference, _ = load_reference(out / "merged")
+        bundle.reference = f"the merged 16-bit model in {out / 'merged'}"
+        bundle.quantized_gap = verify(model, reference, tokenizer, prompts, quant="4bit-gap")
     for quant, path in ggufs.items():
-        progress(f"Verifying {path.name} against the PyTorch model...")
-        bundle.reports[quant] = verify(path, model, tokenizer, prompts, quant=quant)
+        progress(f"Verifying {path.name} against {bundle.reference}...")
+        bundle.reports[quant] = verify(path, reference, tokenizer, prompts, quant=quant)
     return bundle
 
 
@@ -267,8 +365,11 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
                                params.ollama_name, params.quants, prompts, progress)
     progress(str(bundle))
     step("Scoring the GGUF files with llama.cpp")
-    gguf_scores = {q: evaluate_gguf(p, data.eval, fmt, tokenizer, params.scorer).score
-                   for q, p in bundle.ggufs.items()}
+    del model  # its memory goes to llama.cpp and Ollama
+    progress(f"  {free_torch_memory()}")
+    gguf_scores = {q: r.score for q, r in
+                   score_ggufs(bundle.ggufs, data.eval, fmt, tokenizer, params.scorer,
+                               progress).items()}
     first = bundle.ggufs[params.quants[0]]
     modelfile = write_modelfile(first, fmt, system=params.system or None)
     step("Registering with Ollama")

@@ -19,6 +19,14 @@ class RuntimeReport:
     cpu_threads: int
     torch_version: str | None
     python_version: str
+    capability: tuple[int, int] | None = None  # CUDA compute capability, e.g. (7, 5) on a T4
+    precision_reason: str = ""
+    unsloth_error: str | None = None  # why `import unsloth` failed on a GPU, if it did
+
+    @property
+    def precision(self) -> str:
+        """The training precision: "bf16", "fp16" (GPUs without native bf16) or "fp32"."""
+        return "bf16" if self.bf16 else ("fp16" if self.cuda else "fp32")
 
     @property
     def backend(self) -> str:
@@ -32,29 +40,73 @@ class RuntimeReport:
         else:
             device = f"CPU only ({self.cpu_threads} threads)"
         where = ", Colab" if self.colab else ""
+        why = f" ({self.precision_reason})" if self.precision_reason else ""
+        unsloth = "yes" if self.unsloth else "no"
+        if self.unsloth_error:
+            unsloth += f" (import failed: {self.unsloth_error})"
         return (
-            f"{device}{where}, bf16: {'yes' if self.bf16 else 'no'}, "
-            f"Unsloth: {'yes' if self.unsloth else 'no'}, backend: {self.backend}, "
+            f"{device}{where}, precision: {self.precision}{why}, "
+            f"Unsloth: {unsloth}, backend: {self.backend}, "
             f"torch {self.torch_version or 'missing'}, Python {self.python_version}"
         )
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"backend": self.backend}
+        return asdict(self) | {"backend": self.backend, "precision": self.precision}
+
+
+def choose_precision(cuda: bool, capability: tuple[int, int] | None,
+                     cpu_bf16: bool) -> tuple[bool, str]:
+    """(train in bf16?, why) for a device. On CUDA bf16 needs compute capability 8.0 or more
+    (Ampere and later); a T4 (7.5) trains in fp16, although torch.cuda.is_bf16_supported()
+    answers True there (it counts emulated bf16, which is slow). On CPU bf16 autocast pays
+    only with AVX-512 BF16 or AMX.
+
+    >>> choose_precision(True, (7, 5), False)
+    (False, 'compute capability 7.5 has no native bf16: fp16 mixed precision')
+    """
+    if cuda:
+        major, minor = capability or (0, 0)
+        if major >= 8:
+            return True, f"compute capability {major}.{minor} has native bf16"
+        return False, f"compute capability {major}.{minor} has no native bf16: fp16 mixed precision"
+    if cpu_bf16:
+        return True, "CPU has AVX-512 BF16/AMX: bf16 autocast"
+    return False, "CPU without AVX-512 BF16/AMX: float32"
+
+
+def device_defaults(report: RuntimeReport) -> dict:
+    """The training defaults of a device, decided here and nowhere else: the notebooks'
+    parameters (lorahelpers.params) and TrainSettings.resolved both read them.
+
+    On a GPU they are those of Unsloth's notebooks: 2 conversations per micro-batch x 4
+    accumulated = 8 per optimizer step, 60 steps, learning rate 2e-4. On CPU (measured on the
+    embedded 135M model): 8 per step without accumulation, 40 steps at 5e-4.
+
+    >>> d = device_defaults(runtime_report()); d["batch_size"] * d["grad_accum"]  # doctest: +SKIP
+    8
+    """
+    if report.cuda:
+        return {"batch_size": 2, "grad_accum": 4, "learning_rate": 2e-4, "max_steps": 60,
+                "max_seq_length": 2048}
+    return {"batch_size": 8, "grad_accum": 1, "learning_rate": 5e-4, "max_steps": 40,
+            "max_seq_length": 256}
 
 
 def in_colab() -> bool:
     return "google.colab" in sys.modules or importlib.util.find_spec("google.colab") is not None
 
 
-def _unsloth_importable(cuda: bool) -> bool:
-    # Unsloth raises at import without a CUDA GPU, so only a GPU machine can answer yes.
+def _unsloth_status(cuda: bool) -> tuple[bool, str | None]:
+    """(importable, why not). Unsloth raises at import without a CUDA GPU, so only a GPU
+    machine can answer yes; there a failed import is reported with its reason rather than
+    silently falling back to the slower backend."""
     if not cuda or importlib.util.find_spec("unsloth") is None:
-        return False
+        return False, None
     try:
         import unsloth  # noqa: F401
-    except Exception:
-        return False
-    return True
+    except Exception as err:  # noqa: BLE001 - any failure means the transformers backend
+        return False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return True, None
 
 
 def _cpu_bf16() -> bool:
@@ -76,10 +128,10 @@ def runtime_report() -> RuntimeReport:
     used, so the notebooks call runtime_report() in their first cells.
 
     >>> runtime_report().summary()  # doctest: +SKIP
-    'CPU only (2 threads), bf16: yes, Unsloth: no, backend: transformers, torch 2.13.0+cpu, ...'
+    'CPU only (2 threads), precision: bf16 (CPU has AVX-512 BF16/AMX: bf16 autocast), ...'
     """
-    torch_version = gpu_name = gpu_mem = None
-    cuda = bf16 = False
+    torch_version = gpu_name = gpu_mem = capability = None
+    cuda = False
     try:
         import torch
 
@@ -88,20 +140,23 @@ def runtime_report() -> RuntimeReport:
         if cuda:
             props = torch.cuda.get_device_properties(0)
             gpu_name, gpu_mem = props.name, props.total_memory / 1024**3
-            bf16 = torch.cuda.is_bf16_supported()
-        else:
-            bf16 = _cpu_bf16()
+            capability = (props.major, props.minor)
         threads = torch.get_num_threads()
     except ImportError:
         threads = os.cpu_count() or 1
+    bf16, reason = choose_precision(cuda, capability, not cuda and _cpu_bf16())
+    unsloth, unsloth_error = _unsloth_status(cuda)
     return RuntimeReport(
         cuda=cuda,
         gpu_name=gpu_name,
         gpu_memory_gb=gpu_mem,
         bf16=bf16,
-        unsloth=_unsloth_importable(cuda),
+        unsloth=unsloth,
         colab=in_colab(),
         cpu_threads=threads,
         torch_version=torch_version,
         python_version=sys.version.split()[0],
+        capability=capability,
+        precision_reason=reason,
+        unsloth_error=unsloth_error,
     )

@@ -4,12 +4,17 @@ stop on KeyboardInterrupt.
 
 Examples reach the trainer already tokenized by lorahelpers.batches (input_ids + labels), so
 TRL neither re-renders them nor adds the tokenizer's default system prompt.
+
+Importing this module loads neither transformers nor trl nor peft: on a GPU Unsloth must be
+imported before them to patch the trainer, and the backend is chosen only when a model is loaded
+(lorahelpers.models.load_model). The trainer classes are built on first use.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -19,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-from trl import SFTConfig, SFTTrainer
 
 from .batches import (
     LengthGroupedSampler,
@@ -33,7 +36,7 @@ from .batches import (
 from .chat import ChatFormat, get_chat_format, install_chat_template
 from .models import backend_of, save_adapter
 from .plots import History, in_notebook, make_progress
-from .runtime import RuntimeReport, runtime_report
+from .runtime import RuntimeReport, device_defaults, runtime_report
 
 
 def _help(default, text: str):
@@ -101,10 +104,11 @@ class TrainSettings:
         """A copy with every None replaced by the default for this machine."""
         report = report or runtime_report()
         gpu = report.cuda
+        device = device_defaults(report)
         defaults = {
-            "learning_rate": 2e-4 if gpu else 5e-4,
-            "batch_size": 2 if gpu else 8,
-            "grad_accum": 4 if gpu else 1,
+            "learning_rate": device["learning_rate"],
+            "batch_size": device["batch_size"],
+            "grad_accum": device["grad_accum"],
             "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None) or 2048,
             "gradient_checkpointing": gpu and backend_of(model) != "unsloth",
             "bf16": report.bf16,
@@ -147,78 +151,85 @@ class TrainResult:
 # ---- the trainer ---------------------------------------------------------------------------
 
 
-class _Meter(TrainerCallback):
-    """Times each optimizer step; the trainer adds the real tokens it sees."""
+@functools.cache
+def _classes():
+    """(_Meter, _Progress, _Trainer), defined on first use so that importing this module does
+    not import transformers or trl."""
+    from transformers import TrainerCallback
+    from trl import SFTTrainer
 
-    def __init__(self):
-        self.tokens = 0
-        self.t_begin = self.t_train = time.perf_counter()
-        self.step_s = 0.0
+    class _Meter(TrainerCallback):
+        """Times each optimizer step; the trainer adds the real tokens it sees."""
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.t_train = time.perf_counter()
+        def __init__(self):
+            self.tokens = 0
+            self.t_begin = self.t_train = time.perf_counter()
+            self.step_s = 0.0
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.t_begin, self.tokens = time.perf_counter(), 0
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t_train = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.step_s = time.perf_counter() - self.t_begin
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.t_begin, self.tokens = time.perf_counter(), 0
 
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_s = time.perf_counter() - self.t_begin
 
-class _Progress(TrainerCallback):
-    def __init__(self, display, history: History):
-        self.display, self.history = display, history
+    class _Progress(TrainerCallback):
+        def __init__(self, display, history: History):
+            self.display, self.history = display, history
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.display.start(state.max_steps, state.global_step, self.history)
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.display.start(state.max_steps, state.global_step, self.history)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.display.update(self.history)
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.display.update(self.history)
 
+    class _Trainer(SFTTrainer):
+        """SFTTrainer with length-grouped batches, a loss computed only where labels are set,
+        and a per-step history."""
 
-class _Trainer(SFTTrainer):
-    """SFTTrainer with length-grouped batches, a loss computed only where labels are set,
-    and a per-step history."""
+        def __init__(self, *args, lengths, history: History, history_dir: Path, **kwargs):
+            self._lengths, self._history, self._history_dir = lengths, history, history_dir
+            self._meter = _Meter()
+            super().__init__(*args, **kwargs)
+            self.add_callback(self._meter)
 
-    def __init__(self, *args, lengths, history: History, history_dir: Path, **kwargs):
-        self._lengths, self._history, self._history_dir = lengths, history, history_dir
-        self._meter = _Meter()
-        super().__init__(*args, **kwargs)
-        self.add_callback(self._meter)
+        def _get_train_sampler(self, train_dataset=None):
+            if self._lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(self._lengths, self.args.per_device_train_batch_size,
+                                        self.args.seed)
 
-    def _get_train_sampler(self, train_dataset=None):
-        if self._lengths is None:
-            return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(self._lengths, self.args.per_device_train_batch_size,
-                                    self.args.seed)
+        def autocast_smart_context_manager(self, cache_enabled=True):
+            # Accelerate applies mixed precision by wrapping model.forward; label_loss calls the
+            # backbone directly, so it needs the autocast context itself.
+            return self.accelerator.autocast()
 
-    def autocast_smart_context_manager(self, cache_enabled=True):
-        # Accelerate applies mixed precision by wrapping model.forward; label_loss calls the
-        # backbone directly, so it needs the autocast context itself.
-        return self.accelerator.autocast()
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not _plain_lm_head(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if model.training:
+                self._meter.tokens += int(inputs["attention_mask"].sum())
+            return label_loss(model, inputs, num_items_in_batch)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or not _plain_lm_head(model):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if model.training:
-            self._meter.tokens += int(inputs["attention_mask"].sum())
-        return label_loss(model, inputs, num_items_in_batch)
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            step = self.state.global_step
+            if "loss" in logs:
+                m = self._meter
+                self._history.add_train(
+                    step, epoch=self.state.epoch, loss=logs["loss"],
+                    learning_rate=logs.get("learning_rate"), grad_norm=_float(logs.get("grad_norm")),
+                    tokens=m.tokens, tokens_per_s=m.tokens / m.step_s if m.step_s else None,
+                    elapsed_s=time.perf_counter() - m.t_train)
+                logs["tokens_per_s"] = self._history.records[-1]["tokens_per_s"]
+            if "eval_loss" in logs:
+                self._history.add_eval(step, logs["eval_loss"])
+            if "loss" in logs or "eval_loss" in logs:
+                self._history.save(self._history_dir)
+            super().log(logs, start_time)
 
-    def log(self, logs: dict, start_time: float | None = None) -> None:
-        step = self.state.global_step
-        if "loss" in logs:
-            m = self._meter
-            self._history.add_train(
-                step, epoch=self.state.epoch, loss=logs["loss"],
-                learning_rate=logs.get("learning_rate"), grad_norm=_float(logs.get("grad_norm")),
-                tokens=m.tokens, tokens_per_s=m.tokens / m.step_s if m.step_s else None,
-                elapsed_s=time.perf_counter() - m.t_train)
-            logs["tokens_per_s"] = self._history.records[-1]["tokens_per_s"]
-        if "eval_loss" in logs:
-            self._history.add_eval(step, logs["eval_loss"])
-        if "loss" in logs or "eval_loss" in logs:
-            self._history.save(self._history_dir)
-        super().log(logs, start_time)
+    return _Meter, _Progress, _Trainer
 
 
 def _float(value):
@@ -234,6 +245,31 @@ def _dataset(examples: list[dict]):
 
     return Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples],
                               "labels": [e["labels"] for e in examples]})
+
+
+# Rows kept beyond what the steps consume, so that conversations dropped for length (no
+# answer left within max_seq_length) still leave enough for every step.
+ROWS_MARGIN = 1.25
+
+
+def rows_for_run(rows: list, s: TrainSettings) -> list:
+    """Only the conversations a run can reach: with max_steps set, at most max_steps x
+    batch_size x grad_accum of them (x ROWS_MARGIN), a seeded sample when there are more, so
+    that a 60-step run on 51,760 Alpaca rows tokenizes 600 instead of all. `s` is resolved.
+
+    >>> len(rows_for_run(list(range(10_000)), TrainSettings(max_steps=10, batch_size=2,
+    ...                                                      grad_accum=4)))
+    100
+    """
+    if s.max_steps <= 0:
+        return list(rows)
+    keep = math.ceil(s.max_steps * s.batch_size * s.grad_accum * ROWS_MARGIN)
+    if len(rows) <= keep:
+        return list(rows)
+    import random
+
+    picked = sorted(random.Random(s.seed).sample(range(len(rows)), keep))
+    return [rows[i] for i in picked]
 
 
 def _planned_steps(s: TrainSettings, n_examples: int) -> int:
@@ -257,8 +293,20 @@ def _last_checkpoint(directory: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
+def precision_flags(cuda: bool, bf16: bool) -> dict:
+    """The trainer's mixed-precision switches: bf16 where the device has it natively, fp16 on
+    GPUs without it (T4, V100), float32 on CPUs without bf16.
+
+    >>> precision_flags(cuda=True, bf16=False)
+    {'bf16': False, 'fp16': True, 'use_cpu': False}
+    """
+    return {"bf16": bf16, "fp16": cuda and not bf16, "use_cpu": not cuda}
+
+
 def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bool,
-                total_steps: int) -> SFTConfig:
+                total_steps: int):
+    from trl import SFTConfig
+
     eval_steps = s.eval_steps if s.eval_steps is not None else math.ceil(total_steps / 5)
     kwargs = dict(
         output_dir=str(out / "checkpoints"), max_steps=s.max_steps if s.max_steps > 0 else -1,
@@ -267,8 +315,7 @@ def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bo
         learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler,
         warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
         optim=s.optim, seed=s.seed, data_seed=s.seed,
-        # fp16 only for GPUs without bf16 (T4); CPUs without bf16 stay in float32.
-        bf16=bool(s.bf16), fp16=bool(report.cuda and not s.bf16), use_cpu=not report.cuda,
+        **precision_flags(report.cuda, bool(s.bf16)),
         gradient_checkpointing=bool(s.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False}
         if s.gradient_checkpointing else None,
@@ -306,6 +353,7 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     install_chat_template(tokenizer, fmt)
     out = Path(s.output_dir)
 
+    train_conversations = rows_for_run(train_conversations, s)
     train_examples, dropped = tokenize_conversations(tokenizer, train_conversations, fmt,
                                                      s.max_seq_length)
     if not train_examples:
@@ -322,6 +370,7 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
 
         FastLanguageModel.for_training(model)
     forwards = _own_forwards(model)
+    _, _Progress, _Trainer = _classes()
     longest = max(len(e["input_ids"]) for e in train_examples + eval_examples)
     trainer = _Trainer(
         model=model, args=_sft_config(s, report, out, bool(eval_examples), total_steps),

@@ -62,6 +62,12 @@ THRESHOLDS = {
                        "mostly q8_0 fallbacks)"),
     "q5_k_m": Thresholds(0.3, 0.75, 0.2, 0.0, "between llama.cpp's q8_0 and Q4_K_M figures; "
                          "measured on SmolLM2-135M: KL 0.06 to 0.22, top-1 80-90 %"),
+    # Not an export: how far a model trained over 4-bit (NF4) base weights is from its adapter
+    # merged into the 16-bit originals, which is what every GGUF is made from and verified
+    # against. Only the base's 4-bit rounding separates them; a gap past these loose limits
+    # means the merge used other base weights than training did.
+    "4bit-gap": Thresholds(0.5, 0.7, 0.5, 0.0, "for information: 4-bit rounding of the base "
+                           "weights only"),
     "q4_k_m": Thresholds(0.3, 0.78, 0.2, 0.0, "llama.cpp Q4_K_M KL 0.013-0.031, same-top "
                          "92-95 % (7-8B); measured on SmolLM2-135M: KL 0.07 to 0.12"),
 }
@@ -158,7 +164,8 @@ class VerifyReport:
 def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = None,
            lora_path=None, n_ctx: int | None = None, max_new_tokens: int = 12,
            strict: bool = False) -> VerifyReport:
-    """Compare `artifact` (a .gguf, or a merged checkpoint directory) with `reference_model`
+    """Compare `artifact` (a .gguf, a merged checkpoint directory, or a model in memory) with
+    `reference_model`
     (the PyTorch/PEFT model) on chat `prompts` (strings or message lists) rendered with
     `tokenizer`'s chat template. `lora_path`: an adapter GGUF applied over `artifact`.
     `quant` picks the limits (default: read from the GGUF). strict=True raises when outside.
@@ -166,9 +173,11 @@ def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = No
     >>> verify("out/model-q8_0.gguf", model, tokenizer, ["What is 2+2?"]).passed  # doctest: +SKIP
     True
     """
-    artifact = Path(artifact)
-    if not artifact.is_dir():
-        check_gguf(artifact)  # fail before the slow reference run
+    loaded = not isinstance(artifact, (str, os.PathLike))  # a model already in memory
+    if not loaded:
+        artifact = Path(artifact)
+        if not artifact.is_dir():
+            check_gguf(artifact)  # fail before the slow reference run
     texts = [_render(tokenizer, p) for p in prompts]
     if not texts:
         raise ValueError("verify needs at least one prompt")
@@ -178,7 +187,11 @@ def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = No
     answers = [reference.greedy(ids, max_new_tokens, eos) for ids in prompt_ids]
     sequences = [ids + a for ids, a in zip(prompt_ids, answers, strict=True)]
     need_ctx = n_ctx or max(64, max(len(s) for s in sequences) + 8)
-    candidate, kind, notes = _open(artifact, quant, lora_path, need_ctx)
+    if loaded:
+        candidate, kind, notes = _TorchRunner(artifact, tokenizer), quant or "merged", []
+        artifact = f"{type(artifact).__name__} in memory"
+    else:
+        candidate, kind, notes = _open(artifact, quant, lora_path, need_ctx)
     try:
         tokens_match = True
         for text, ids in zip(texts, prompt_ids, strict=True):
@@ -319,14 +332,14 @@ class _eval_mode:
 
 
 class _GGUFRunner:
-    def __init__(self, path: Path, lora_path: Path | None, n_ctx: int):
+    def __init__(self, path: Path, lora_path: Path | None, n_ctx: int, n_gpu_layers: int = 0):
         llama_cpp = import_llama_cpp()
         self.quiet = quiet_llama_logs()
         log = self.quiet.__enter__()
         try:
             self.llm = llama_cpp.Llama(
                 str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-                n_threads=os.cpu_count() or 1, verbose=False,
+                n_threads=os.cpu_count() or 1, n_gpu_layers=n_gpu_layers, verbose=False,
                 lora_path=str(lora_path) if lora_path else None)
         except (ValueError, RuntimeError) as e:
             self.quiet.__exit__(None, None, None)
@@ -361,13 +374,30 @@ class _GGUFRunner:
         self.quiet.__exit__(None, None, None)
 
 
+def load_reference(checkpoint_dir):
+    """(model, tokenizer) of a merged checkpoint, loaded to serve as a verification reference:
+    float32 on CPU; on a GPU in its 16-bit training precision, on the GPU.
+
+    >>> merged, tok = load_reference("outputs/alpaca/merged")  # doctest: +SKIP
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorahelpers.runtime import choose_precision
+
+    kwargs: dict = {"dtype": torch.float32}
+    if torch.cuda.is_available():
+        bf16, _ = choose_precision(True, torch.cuda.get_device_capability(0), False)
+        kwargs = {"dtype": torch.bfloat16 if bf16 else torch.float16, "device_map": {"": 0}}
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, **kwargs)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(checkpoint_dir)
+
+
 def _open(path: Path, quant, lora_path, n_ctx):
     """(runner, kind, notes) for a GGUF or a merged checkpoint directory."""
     if path.is_dir():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-        tok = AutoTokenizer.from_pretrained(path)
+        model, tok = load_reference(path)
         return _TorchRunner(model, tok, tok.chat_template), quant or "merged", []
     check_gguf(path)
     if lora_path is not None:
