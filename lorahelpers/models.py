@@ -79,7 +79,7 @@ def embedded_base(progress=print) -> Path:
             raise ModelError(
                 f"transformers {transformers.__version__} read the embedded model's tokenizer "
                 f"from {gguf.name} wrongly ({problem}); training and export would use a broken "
-                "tokenizer. Fix: pip install -U 'transformers>=5.18' (5.17 has this fault; "
+                "tokenizer. Fix: pip install -U transformers (5.17 has this fault; "
                 "5.24 reads it correctly).")
         try:
             os.rename(tmp, target)

@@ -183,7 +183,7 @@ def free_torch_memory() -> str:
 
 
 def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
-                progress=print) -> dict:
+                max_new_tokens: int = 64, progress=print) -> dict:
     """evaluate_gguf for each exported file, planned for this runtime (gguf_scoring_plan):
     {quant: EvalReport}. On a GPU, call it after `del model; free_torch_memory()`.
 
@@ -196,7 +196,7 @@ def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
     plan = gguf_scoring_plan(runtime_report().cuda, offload, len(eval_rows))
     progress(f"Scoring {len(ggufs)} GGUF file(s) with llama.cpp: {plan.note}")
     return {q: evaluate_gguf(path, eval_rows[: plan.rows], chat_format, tokenizer, scorer,
-                             n_gpu_layers=plan.n_gpu_layers)
+                             max_new_tokens, n_gpu_layers=plan.n_gpu_layers)
             for q, path in ggufs.items()}
 
 
@@ -369,7 +369,7 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
     progress(f"  {free_torch_memory()}")
     gguf_scores = {q: r.score for q, r in
                    score_ggufs(bundle.ggufs, data.eval, fmt, tokenizer, params.scorer,
-                               progress).items()}
+                               progress=progress).items()}
     first = bundle.ggufs[params.quants[0]]
     modelfile = write_modelfile(first, fmt, system=params.system or None)
     step("Registering with Ollama")

@@ -261,7 +261,21 @@ answer = generate(model, tokenizer, question, chat_format, max_new_tokens=max_an
 # the same next-word probabilities, the same answers.
 
 # %%
-from lorahelpers.pipeline import evaluate_gguf, export_and_verify
+# %% [markdown]
+# ## The GGUF files on held-out rows
+# The PyTorch model is done: deleting it gives its GPU memory to llama.cpp and Ollama. On a GPU
+# runtime llama.cpp scores every row on the GPU when its CUDA build is installed, else only the
+# first few rows on the CPU (the cell says which).
+
+# %%
+from lorahelpers.pipeline import free_torch_memory, score_ggufs
+
+del model
+print(free_torch_memory())
+gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, params.scorer)
+scores = {"PyTorch, after training": after.score}
+scores |= {f"{export.ggufs[q].name} (llama.cpp)": r.score for q, r in gguf_reports.items()}
+Comparison(scores, after.n)
 
 prompts = [row[:-1] for row in data.eval[:4]]
 export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
@@ -270,13 +284,18 @@ export
 
 # %% [markdown]
 # The held-out score of each GGUF file, run by llama.cpp (the engine inside Ollama): it should
-# be close to the score after training.
+# be close to the score after training. The PyTorch model is done, so it is deleted first: on
+# a GPU its memory goes to llama.cpp and Ollama.
 
 # %%
+from lorahelpers.pipeline import free_torch_memory, score_ggufs
+
+del model
+print(free_torch_memory())
+gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, same_amount,
+                           max_answer_tokens)
 scores = {"PyTorch, after training": after.score}
-for quant, gguf_path in export.ggufs.items():
-    scores[f"{gguf_path.name} (llama.cpp)"] = evaluate_gguf(
-        gguf_path, data.eval, chat_format, tokenizer, same_amount, max_answer_tokens).score
+scores |= {f"{export.ggufs[q].name} (llama.cpp)": r.score for q, r in gguf_reports.items()}
 Comparison(scores, after.n)
 
 # %% [markdown]
