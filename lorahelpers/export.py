@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorahelpers.atomic import atomic_path
@@ -279,3 +280,111 @@ def _check_template(gguf: Path, expected: str | None) -> None:
             f"tokenizer: {expected!r}\nGGUF:      {found!r}\nIf tokenizer_config.json and "
             "chat_template.jinja disagree, keep one (the converter prefers "
             "tokenizer_config.json's).")
+
+
+# ---- preflight: what a merge + export needs, checked before anything is written ----------------
+
+
+@dataclass(frozen=True)
+class ExportNeeds:
+    """Disk and memory a merge + GGUF export of a model of `params` parameters needs."""
+
+    params: int
+    merged_bytes: int                 # the merged 16-bit checkpoint
+    gguf_bytes: dict[str, int]        # each GGUF file
+    intermediate_bytes: int           # the 16-bit GGUF k-quants are made from (then deleted)
+    download_bytes: int               # the 16-bit original of a 4-bit base, fetched for the merge
+    peak_ram_bytes: int               # the streamed merge and the lazy converter at their peak
+
+    @property
+    def disk_bytes(self) -> int:
+        return (self.merged_bytes + sum(self.gguf_bytes.values()) + self.intermediate_bytes
+                + self.download_bytes)
+
+    def rows(self) -> list[tuple[str, str]]:
+        gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
+        rows = [("16-bit original of the 4-bit base (Hub cache)", gb(self.download_bytes))] \
+            if self.download_bytes else []
+        rows += [("merged 16-bit checkpoint", gb(self.merged_bytes))]
+        rows += [(f"GGUF {q}", gb(n)) for q, n in self.gguf_bytes.items()]
+        if self.intermediate_bytes:
+            rows.append(("16-bit GGUF for the k-quants (deleted after)",
+                         gb(self.intermediate_bytes)))
+        return rows + [("disk in all", gb(self.disk_bytes)),
+                       ("memory (RAM) at the peak", gb(self.peak_ram_bytes))]
+
+    def __str__(self) -> str:
+        width = max(len(k) for k, _ in self.rows())
+        return "\n".join(f"{k:<{width}}  {v:>8}" for k, v in self.rows())
+
+
+def export_needs(params: int, quants, largest_tensor: int = 0,
+                 download_base: bool = False) -> ExportNeeds:
+    """The sizes a merge + export of `quants` writes, for a model of `params` parameters whose
+    largest tensor has `largest_tensor` elements (the embedding, usually). download_base: the
+    model was trained over 4-bit weights, so the merge first fetches their 16-bit original.
+
+    >>> print(export_needs(3_210_000_000, ("q4_k_m", "q8_0")).rows()[0])
+    ('merged 16-bit checkpoint', '6.4 GB')
+    """
+    quants = _check_quants(quants)
+    merged = params * 2
+    ggufs = {q: int(params * BITS[q] / 8) for q in quants}
+    intermediate = merged if any(q in KQUANT_TYPES for q in quants) and "f16" not in quants \
+        and "bf16" not in quants else 0
+    # Measured on the 1.2B bench model (bench/export.py): the merge peaks at one shard in
+    # float32 blocks plus the adapter, well under 2 GB; the converter holds one tensor at a time.
+    peak = max(2 * 10**9, largest_tensor * 4 * 2)
+    return ExportNeeds(params, merged, ggufs, intermediate, merged if download_base else 0, peak)
+
+
+def base_parameter_count(model) -> tuple[int, int]:
+    """(parameters of the base model, elements of its largest tensor), LoRA matrices left out;
+    4-bit (bitsandbytes) weights are counted by their original shape."""
+    import math
+
+    total = largest = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)
+        n = math.prod(shape) if shape is not None else p.numel()
+        total, largest = total + n, max(largest, n)
+    return total, largest
+
+
+def available_ram() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def preflight_export(needs: ExportNeeds, out_dir, free_disk: int | None = None,
+                     free_ram: int | None = None) -> ExportNeeds:
+    """Raise ExportError before a merge + export starts when the disk under `out_dir` or the
+    memory cannot hold what `needs` says; return `needs` otherwise.
+
+    >>> preflight_export(export_needs(135_000_000, ["q8_0"]), "outputs")  # doctest: +SKIP
+    """
+    out_dir = Path(out_dir)
+    probe = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    free_disk = shutil.disk_usage(probe).free if free_disk is None else free_disk
+    free_ram = available_ram() if free_ram is None else free_ram
+    if free_disk < needs.disk_bytes:
+        raise ExportError(
+            f"{probe}: {free_disk / 1e9:.1f} GB free, but merging and exporting a "
+            f"{needs.params / 1e9:.1f}B-parameter model to {', '.join(needs.gguf_bytes)} needs "
+            f"about {needs.disk_bytes / 1e9:.1f} GB there:\n{needs}\nFix: free disk space, "
+            "export fewer types (q4_k_m alone is the smallest), or write to another disk "
+            "(output_dir).")
+    if free_ram is not None and free_ram < needs.peak_ram_bytes:
+        raise ExportError(
+            f"{free_ram / 1e9:.1f} GB of memory is available, but the merge and export need "
+            f"about {needs.peak_ram_bytes / 1e9:.1f} GB at their peak. Fix: free memory first "
+            "(del the model and call lorahelpers.pipeline.free_torch_memory()), or restart "
+            "the runtime and export from the saved adapter.")
+    return needs

@@ -246,12 +246,20 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
     >>> bundle = export_and_verify(model, tok, result.adapter_dir, fmt, "out", "m", ["q8_0"],
     ...                            prompts)  # doctest: +SKIP
     """
-    from lorahelpers.export import export_gguf
+    from lorahelpers.export import (
+        base_parameter_count,
+        export_gguf,
+        export_needs,
+        preflight_export,
+    )
     from lorahelpers.merge import merge_lora
     from lorahelpers.models import is_4bit
     from lorahelpers.verify import load_reference, verify
 
     out = Path(out_dir)
+    needs = export_needs(*base_parameter_count(model), quants, download_base=is_4bit(model))
+    preflight_export(needs, out)
+    progress(f"Export needs about {needs.disk_bytes / 1e9:.1f} GB of disk: checked.")
     merged = merge_lora(adapter_dir, out / "merged", chat_format=chat_format, progress=progress)
     progress(merged.summary())
     ggufs = export_gguf(out / "merged", out / "gguf", name, tuple(quants), progress=progress)

@@ -196,3 +196,60 @@ def test_gpu_check_dry_run_goes_through_every_check(tmp_path):
     assert first["q8_0_vs_reference"]["status"] == "verified"
     assert first["gap_4bit_vs_merged"] is None  # full-precision model on CPU: no 4-bit gap
     assert first["gguf_seconds_per_row"]["cpu"] > 0
+
+
+# ---- disk and memory preflight before merge and export --------------------------------------
+
+LLAMA_3B = (3_212_749_824, 128_256 * 3072)   # Llama-3.2-3B: parameters, embedding elements
+LLAMA_8B = (8_030_261_248, 128_256 * 4096)   # Llama-3.1-8B
+
+
+def test_export_needs_add_up():
+    from lorahelpers.export import export_needs
+
+    needs = export_needs(LLAMA_3B[0], ("q4_k_m", "q8_0"), LLAMA_3B[1], download_base=True)
+    assert needs.merged_bytes == 2 * LLAMA_3B[0] == needs.intermediate_bytes
+    assert needs.download_bytes == needs.merged_bytes
+    assert needs.gguf_bytes["q8_0"] == int(LLAMA_3B[0] * 8.5 / 8)
+    assert needs.disk_bytes == (needs.merged_bytes * 3 + sum(needs.gguf_bytes.values()))
+    # a 16-bit type among the quants serves the k-quants too: no extra intermediate
+    assert export_needs(LLAMA_3B[0], ("f16", "q4_k_m"), LLAMA_3B[1]).intermediate_bytes == 0
+    assert export_needs(LLAMA_3B[0], ("q8_0",), LLAMA_3B[1]).intermediate_bytes == 0
+
+
+def test_preflight_refuses_too_little_disk_or_memory(tmp_path):
+    from lorahelpers.export import ExportError, export_needs, preflight_export
+
+    needs = export_needs(LLAMA_8B[0], ("q4_k_m",), LLAMA_8B[1])
+    with pytest.raises(ExportError, match=r"GB free, but merging and exporting a 8\.0B-parameter "
+                                          r"model to q4_k_m needs about 37\.0 GB(?s:.*)Fix: free"):
+        preflight_export(needs, tmp_path / "out", free_disk=20 * 10**9, free_ram=64 * 10**9)
+    with pytest.raises(ExportError, match="(?s)memory is available.*Fix: free memory first"):
+        preflight_export(needs, tmp_path, free_disk=10**12, free_ram=10**9)
+    assert preflight_export(needs, tmp_path, free_disk=10**12, free_ram=64 * 10**9) is needs
+
+
+def test_parameter_count_of_the_embedded_model(embedded_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorahelpers.export import base_parameter_count
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
+    total, largest = base_parameter_count(model)
+    assert total == sum(p.numel() for p in model.parameters())  # tied head counted once
+    assert largest == 49152 * 576
+
+
+@pytest.mark.parametrize("size, counts", [("3B", LLAMA_3B), ("8B", LLAMA_8B)])
+def test_readme_disk_table_is_the_functions(size, counts):
+    from lorahelpers.export import export_needs
+
+    readme = (ROOT / "README.md").read_text()
+    needs = export_needs(counts[0], ("q4_k_m", "q8_0"), counts[1], download_base=True)
+    row = next(line for line in readme.splitlines() if line.startswith(f"| Llama {size}"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:] == [f"{n / 1e9:.1f} GB" for n in (
+        needs.download_bytes, needs.merged_bytes, needs.gguf_bytes["q4_k_m"],
+        needs.gguf_bytes["q8_0"], needs.intermediate_bytes, needs.disk_bytes,
+        needs.peak_ram_bytes)]
