@@ -64,11 +64,13 @@ def load(params: Params):
 
 
 def train_settings(params: Params, **overrides):
+    from lorahelpers.keep import keep_folder
     from lorahelpers.training import TrainSettings
 
     values = {"output_dir": params.output_dir, "max_steps": params.max_steps,
               "batch_size": params.batch_size, "learning_rate": params.learning_rate,
-              "max_seq_length": params.max_seq_length, "seed": params.seed} | overrides
+              "max_seq_length": params.max_seq_length, "seed": params.seed,
+              "keep_dir": keep_folder(params.keep_dir, params.output_dir)} | overrides
     return TrainSettings(**values)
 
 
