@@ -30,23 +30,28 @@ BOOKKEEPING = ("output_dir", "resume", "progress", "reraise_interrupt", "keep_di
                "save_total_limit", "eval_steps")
 
 
-def keep_folder(keep_dir="", output_dir="outputs/run", drive: Path = DRIVE) -> Path | None:
-    """The folder that keeps a run's files: `keep_dir` when it names one; else, when Google
-    Drive is mounted, <MyDrive>/lorahelpers/<name of output_dir>; else None. "off" keeps
-    nothing.
+def keep_folder(keep_dir="", output_dir="outputs/run", run_dir=None,
+                drive: Path = DRIVE) -> Path | None:
+    """The folder that keeps the files of `output_dir`: `keep_dir` when it names one; else,
+    when Google Drive is mounted, <MyDrive>/lorahelpers/<name of output_dir>; else None. "off"
+    keeps nothing. `run_dir`, a folder inside output_dir (one of several training runs), gets
+    the same place inside the keep folder.
 
-    >>> keep_folder("/tmp/keep", "outputs/alpaca")
-    PosixPath('/tmp/keep')
+    >>> keep_folder("/tmp/keep", "outputs/reviews", run_dir="outputs/reviews/tagger")
+    PosixPath('/tmp/keep/tagger')
     >>> keep_folder("off", "outputs/alpaca") is None
     True
     """
     if str(keep_dir or "").strip().lower() == OFF:
         return None
     if keep_dir:
-        return Path(keep_dir).expanduser()
-    if Path(drive).is_dir():
-        return Path(drive) / "lorahelpers" / (Path(output_dir).resolve().name or "run")
-    return None
+        folder = Path(keep_dir).expanduser()
+    elif Path(drive).is_dir():
+        folder = Path(drive) / "lorahelpers" / (Path(output_dir).resolve().name or "run")
+    else:
+        return None
+    return folder / _relative(Path(run_dir), output_dir) if run_dir is not None and \
+        Path(run_dir).resolve() != Path(output_dir).resolve() else folder
 
 
 def mount_drive(mountpoint: str = "/content/drive") -> Path | None:

@@ -69,8 +69,9 @@ def train_settings(params: Params, **overrides):
 
     values = {"output_dir": params.output_dir, "max_steps": params.max_steps,
               "batch_size": params.batch_size, "learning_rate": params.learning_rate,
-              "max_seq_length": params.max_seq_length, "seed": params.seed,
-              "keep_dir": keep_folder(params.keep_dir, params.output_dir)} | overrides
+              "max_seq_length": params.max_seq_length, "seed": params.seed} | overrides
+    values.setdefault("keep_dir", keep_folder(params.keep_dir, params.output_dir,
+                                              run_dir=values["output_dir"]))
     return TrainSettings(**values)
 
 

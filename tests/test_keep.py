@@ -30,6 +30,21 @@ def test_keep_folder_explicit_then_drive_then_none(tmp_path):
     assert keep_folder(str(tmp_path / "mine"), "outputs/alpaca", drive=drive) == tmp_path / "mine"
     assert keep_folder("off", "outputs/alpaca", drive=drive) is None
     assert keep_folder(" OFF ", "outputs/alpaca", drive=drive) is None
+    # several training runs in one output_dir keep apart, at the same place inside
+    assert keep_folder("", "outputs/reviews", run_dir="outputs/reviews/namer", drive=drive) == \
+        drive / "lorahelpers" / "reviews" / "namer"
+    assert keep_folder("/k", "outputs/reviews", run_dir="outputs/reviews") == Path("/k")
+
+
+def test_train_settings_keep_each_run_in_its_own_place(tmp_path):
+    from lorahelpers.params import Params
+    from lorahelpers.pipeline import train_settings
+
+    params = Params(output_dir=str(tmp_path / "reviews"), keep_dir=str(tmp_path / "k"))
+    assert train_settings(params).keep_dir == tmp_path / "k"
+    tagger = train_settings(params, output_dir=f"{params.output_dir}/tagger")
+    assert tagger.keep_dir == tmp_path / "k" / "tagger"
+    assert train_settings(Params(keep_dir="off")).keep_dir is None
 
 
 # ---- copies -----------------------------------------------------------------------------------

@@ -67,6 +67,23 @@ namer_data = {"data": str(DATA_DIR / "extract_train.jsonl"),    # namer: review 
 params
 
 # %% [markdown]
+# ## Keep your work
+# A Colab runtime that disconnects loses its disk. With Google Drive mounted (Colab asks you to
+# allow it), each adapter's checkpoints, the adapters, the GGUF files and the Modelfiles are
+# copied to `MyDrive/lorahelpers/<output folder>` as they are written, and running the notebook
+# again resumes training from the newest checkpoints there. Set `params.keep_dir` to use
+# another folder, or to `"off"` for none.
+
+# %%
+from lorahelpers.keep import keep_folder, mount_drive
+
+if runtime.colab and params.keep_dir != "off":
+    mount_drive()
+keep_dir = keep_folder(params.keep_dir, params.output_dir)
+print(f"Keeping files in {keep_dir}" if keep_dir else
+      f"Files stay in {params.output_dir} only (no Google Drive, no params.keep_dir)")
+
+# %% [markdown]
 # ## Two tasks on the same reviews
 # Same inputs, different instruction and answer. Each held-out file has reviews (and, for the
 # namer, products) the training file never shows.
@@ -253,15 +270,21 @@ else:
 
 # %% [markdown]
 # ## Your files
-# The base GGUF is the big file; each adapter adds only a few MB.
+# The base GGUF is the big file; each adapter adds only a few MB. All of them and the
+# Modelfiles are copied to the keep folder (Google Drive) when there is one.
 
 # %%
+from lorahelpers.keep import keep
+
 for path in sorted(out.rglob("*")):
     if path.is_file() and not path.is_symlink() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
-if runtime.colab:
+if keep_dir:
+    for path in (base_gguf, *adapter_ggufs.values(), *modelfiles.values()):
+        print("kept:", keep(path, keep_dir, root=params.output_dir))
+elif runtime.colab:
     from google.colab import files
-    # The adapters and Modelfiles are small; copy the base GGUF to Drive rather than download
-    # it. The runtime's disk is wiped when it stops.
+    # The adapters and Modelfiles are small; for the base GGUF mount Drive (Keep your work)
+    # rather than download it. The runtime's disk is wiped when it stops.
     for path in (*adapter_ggufs.values(), *modelfiles.values()):
         files.download(str(path))
