@@ -175,9 +175,13 @@ class Keeper:
         holds another run's checkpoints is cleared of them, as a fresh run clears its own."""
         folder, out = Path(folder), Path(output_dir)
         kept_dir = folder / "checkpoints"
+        run_file = folder / RUN_FILE
+        if not run_file.exists() and any((folder / n).exists() for n in ("checkpoints", "adapter")):
+            raise FileExistsError(f"{folder} holds a checkpoints or adapter folder that lorahelpers "
+                                  f"did not write (no {RUN_FILE}); keeping this run there would "
+                                  "replace it. Fix: set keep_dir to an empty or new folder")
         for leftover in kept_dir.glob(".*"):  # copies cut short by a lost runtime
             shutil.rmtree(leftover, ignore_errors=True)
-        run_file = folder / RUN_FILE
         try:
             same = json.loads(run_file.read_text()).get("fingerprint") == run_fingerprint
         except (OSError, ValueError):

@@ -234,6 +234,7 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
     >>> print(run_demo(max_steps=20))  # doctest: +SKIP
     """
     from lorahelpers.inference import evaluate
+    from lorahelpers.keep import keep, keep_folder
     from lorahelpers.modelfile import write_modelfile
     from lorahelpers.models import add_lora
     from lorahelpers.params import default_params
@@ -274,6 +275,8 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
                    for q, p in bundle.ggufs.items()}
     first = bundle.ggufs[params.quants[0]]
     modelfile = write_modelfile(first, fmt, system=params.system or None)
+    for path in (*bundle.ggufs.values(), modelfile):  # to Google Drive or keep_dir, if any
+        keep(path, keep_folder(params.keep_dir, params.output_dir), root=out)
     step("Registering with Ollama")
     _, ollama_status = register_or_skip(params.ollama_name, first, fmt, params.system or None,
                                         progress=progress)

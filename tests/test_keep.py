@@ -134,6 +134,13 @@ def test_start_clears_checkpoints_of_another_run(tmp_path, capsys):
     assert json.loads((folder / "run.json").read_text()) == {"fingerprint": "other settings"}
 
 
+def test_start_refuses_a_folder_with_checkpoints_it_did_not_write(tmp_path):
+    mine = _checkpoint(tmp_path / "drive" / "checkpoints", 7)
+    with pytest.raises(FileExistsError, match="did not write.*Fix: set keep_dir to an empty"):
+        Keeper.start(tmp_path / "drive", tmp_path / "run", "abc")
+    assert (mine / "optimizer.pt").is_file()
+
+
 # ---- a training process killed mid-copy, then run again ----------------------------------------
 
 CHILD = textwrap.dedent("""

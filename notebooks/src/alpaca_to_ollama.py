@@ -55,7 +55,7 @@ params
 # folder, or to `"off"` for none.
 
 # %%
-from lorahelpers.keep import keep_folder, mount_drive
+from lorahelpers.keep import keep, keep_folder, mount_drive
 
 if runtime.colab and params.keep_dir != "off":
     mount_drive()
@@ -139,6 +139,8 @@ from lorahelpers.pipeline import evaluate_gguf, export_and_verify
 prompts = [row[:-1] for row in data.eval[:4]]
 export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
                            params.ollama_name, params.quants, prompts)
+for path in export.ggufs.values():  # to the keep folder now, before the longer steps below
+    keep(path, keep_dir, root=params.output_dir)
 export
 
 # %%
@@ -158,6 +160,7 @@ from lorahelpers.modelfile import write_modelfile
 
 gguf = export.ggufs[params.quants[0]]
 modelfile = write_modelfile(gguf, chat_format, system=params.system or None)
+keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
 
 # %% [markdown]
@@ -178,20 +181,18 @@ if info is not None:
 
 # %% [markdown]
 # ## Your files
-# The GGUF files and the Modelfile are copied to the keep folder (Google Drive) when there is
+# The GGUF files and the Modelfile were copied to the keep folder (Google Drive) when there is
 # one; otherwise Colab offers the GGUF as a download (large files often fail that way).
 
 # %%
 from pathlib import Path
 
-from lorahelpers.keep import keep
-
 for path in sorted(Path(params.output_dir).rglob("*")):
     if path.is_file() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
 if keep_dir:
-    for path in (*export.ggufs.values(), modelfile):
-        print("kept:", keep(path, keep_dir, root=params.output_dir))
+    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
+                                                  if p.is_file() and "checkpoints" not in p.parts)))
 elif runtime.colab:
     from google.colab import files
     files.download(str(gguf))  # the runtime's disk is wiped when it stops

@@ -64,7 +64,7 @@ params
 # folder, or to `"off"` for none.
 
 # %%
-from lorahelpers.keep import keep_folder, mount_drive
+from lorahelpers.keep import keep, keep_folder, mount_drive
 
 if runtime.colab and params.keep_dir != "off":
     mount_drive()
@@ -285,6 +285,8 @@ from lorahelpers.pipeline import evaluate_gguf, export_and_verify
 prompts = [row[:-1] for row in data.eval[:4]]
 export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
                            params.ollama_name, params.quants, prompts)
+for path in export.ggufs.values():  # to the keep folder now, before the longer steps below
+    keep(path, keep_dir, root=params.output_dir)
 export
 
 # %% [markdown]
@@ -309,6 +311,7 @@ from lorahelpers.modelfile import write_modelfile
 
 gguf = export.ggufs[params.quants[0]]
 modelfile = write_modelfile(gguf, chat_format, system=params.system or None)
+keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
 
 # %% [markdown]
@@ -331,20 +334,18 @@ if info is not None:
 # ## Your files
 # Everything is under `params.output_dir`: the adapter (`adapter/`, small, loads onto the
 # same base model), the merged model (`merged/`), the GGUF file and its Modelfile (`gguf/`),
-# and the loss history. The GGUF file and the Modelfile are copied to the keep folder (Google
+# and the loss history. The GGUF file and the Modelfile were copied to the keep folder (Google
 # Drive) when there is one; otherwise Colab offers them as downloads. To use the model on your
 # own computer, put the `.gguf` file and the `Modelfile` into one folder and run
 # `ollama create my-model -f Modelfile` there.
 
 # %%
-from lorahelpers.keep import keep
-
 for path in sorted(Path(params.output_dir).rglob("*")):
     if path.is_file() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
 if keep_dir:
-    for path in (*export.ggufs.values(), modelfile):
-        print("kept:", keep(path, keep_dir, root=params.output_dir))
+    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
+                                                  if p.is_file() and "checkpoints" not in p.parts)))
 elif runtime.colab:
     from google.colab import files
 

@@ -75,7 +75,7 @@ params
 # another folder, or to `"off"` for none.
 
 # %%
-from lorahelpers.keep import keep_folder, mount_drive
+from lorahelpers.keep import keep, keep_folder, mount_drive
 
 if runtime.colab and params.keep_dir != "off":
     mount_drive()
@@ -179,6 +179,7 @@ adapter_ggufs = {name: export_adapter_gguf(run.adapter_dir, base_dir,
                  for name, run in (("tagger", tagger_run), ("namer", namer_run))}
 for path in (base_gguf, *adapter_ggufs.values()):
     print(f"{path.stat().st_size / 1e6:8.1f} MB  {path}")
+    keep(path, keep_dir, root=params.output_dir)  # to the keep folder (Drive), if there is one
 
 # %% [markdown]
 # ## Verify each adapter over the base GGUF
@@ -226,6 +227,7 @@ modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system
                                     adapter=adapter, path=out / "gguf" / f"Modelfile.{name}")
               for name, adapter in adapter_ggufs.items()}
 for name, path in modelfiles.items():
+    keep(path, keep_dir, root=params.output_dir)
     print(f"# {path}\n{path.read_text()}")
 
 # %% [markdown]
@@ -271,17 +273,15 @@ else:
 # %% [markdown]
 # ## Your files
 # The base GGUF is the big file; each adapter adds only a few MB. All of them and the
-# Modelfiles are copied to the keep folder (Google Drive) when there is one.
+# Modelfiles were copied to the keep folder (Google Drive) when there is one.
 
 # %%
-from lorahelpers.keep import keep
-
 for path in sorted(out.rglob("*")):
     if path.is_file() and not path.is_symlink() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
 if keep_dir:
-    for path in (base_gguf, *adapter_ggufs.values(), *modelfiles.values()):
-        print("kept:", keep(path, keep_dir, root=params.output_dir))
+    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
+                                                  if p.is_file() and "checkpoints" not in p.parts)))
 elif runtime.colab:
     from google.colab import files
     # The adapters and Modelfiles are small; for the base GGUF mount Drive (Keep your work)
