@@ -58,13 +58,32 @@ def hub_files(repo_id: str, ggufs: dict, chat_format, *, system: str | None = No
     params = check_parameters({**({"num_ctx": num_ctx} if num_ctx else {}), **(parameters or {})},
                               tuple(chat_format.stop))
     files: dict = {gguf_name(repo_id, q): Path(p) for q, p in ggufs.items()}
-    files["template"] = chat_format.go_template
+    files["template"] = trim_proof(chat_format.go_template)
     files["params"] = json.dumps(params, indent=2, ensure_ascii=False) + "\n"
     if system:
         files["system"] = system
     files["README.md"] = model_card(repo_id, [q.upper() for q in ggufs], chat_format, params,
                                     system, reports or {}, base_model)
     return files
+
+
+def trim_proof(template: str) -> str:
+    """The Go template with whitespace at either end moved into string actions, so it renders
+    the same even if the file is trimmed on its way to Ollama (the Hub's handling of the file
+    is not documented; ChatFormat templates end in a newline that the prompt needs).
+
+    >>> trim_proof("{{ .Prompt }}\\n")
+    '{{ .Prompt }}{{ "\\\\n" }}'
+    """
+    core = template.strip()
+    if not core:
+        return template
+    lead, trail = template[: template.index(core)], template[template.index(core) + len(core):]
+    # Whitespace next to a trim marker ({{- or -}}) is not rendered: leave it out.
+    lead = "" if core.startswith("{{-") else lead
+    trail = "" if core.endswith("-}}") else trail
+    quote = lambda text: "{{ " + json.dumps(text) + " }}" if text else ""  # noqa: E731
+    return quote(lead) + core + quote(trail)
 
 
 def check_repo_id(repo_id: str) -> str:

@@ -160,7 +160,7 @@ class Keeper:
     TrainSettings.keep_dir is set; the trainer calls it as one of its callbacks.
 
     >>> keeper = Keeper.start("/content/drive/MyDrive/run", "outputs/run", fp)  # doctest: +SKIP
-    >>> keeper.resumable  # a kept checkpoint of this same run is now in outputs/run
+    >>> keeper.resumable  # a checkpoint of this same run was kept  # doctest: +SKIP
     True
     """
 

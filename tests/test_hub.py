@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from lorahelpers.chat import get_chat_format
-from lorahelpers.hub import HubError, gguf_name, hub_files, hub_token, push_to_hub
+from lorahelpers.hub import (
+    HubError,
+    gguf_name,
+    hub_files,
+    hub_token,
+    push_to_hub,
+    trim_proof,
+)
 from lorahelpers.modelfile import render_modelfile
 from tests.gorender import render_go
 from tests.modelfile_check import PARAMETER_KINDS, check
@@ -80,15 +87,28 @@ def _ggufs(tmp_path, quants=("q4_k_m", "q8_0")) -> dict:
 def test_template_renders_the_training_prompt_in_ollama(tmp_path, fmt):
     files = hub_files("me/shop-bot", _ggufs(tmp_path), fmt, system=SYSTEM)
     template = files["template"]
-    # What Ollama reads from the template file is what it reads from our Modelfile's TEMPLATE.
-    modelfile = check(render_modelfile(tmp_path / "m.gguf", fmt, system=SYSTEM))
-    assert template == modelfile.one("template")
     # Ollama puts the `system` file first when a request brings no system message.
     messages = [{"role": "system", "content": files["system"]}] + CONVERSATION
-    assert render_go(template, messages) == fmt.generation_prefix(messages)
-    assert render_go(template, CONVERSATION) == fmt.generation_prefix(CONVERSATION)
-    # Nothing for the Hub to trim: no whitespace at either end of the file.
+    modelfile = check(render_modelfile(tmp_path / "m.gguf", fmt, system=SYSTEM))
+    for conversation in (messages, CONVERSATION):
+        expected = fmt.generation_prefix(conversation)
+        assert render_go(template, conversation) == expected
+        # the same as our Modelfile's TEMPLATE, read by Ollama's parser
+        assert render_go(modelfile.one("template"), conversation) == expected
+        # and the same if the file is trimmed on its way: nothing to trim at either end
+        assert render_go(template.strip(), conversation) == expected
     assert template == template.strip()
+    assert files["system"] == SYSTEM
+
+
+@pytest.mark.parametrize("template", [
+    "{{ .Prompt }}\n", "\n\t{{ .Prompt }}  \n", "{{ .Prompt -}}\n\n", "\n{{- .Prompt }}",
+    'A "quoted" \u00e9 {{ .Prompt }}\r\n', "   ", "{{ .Prompt }}"])
+def test_trim_proof_templates_render_the_same(template):
+    proof = trim_proof(template)
+    assert render_go(proof, CONVERSATION) == render_go(template, CONVERSATION)
+    if template.strip():
+        assert proof == proof.strip()
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
