@@ -215,8 +215,12 @@ class Keeper:
         self._keep_history()
 
     def finish(self, adapter_dir) -> None:
-        """After training: keep the adapter and the final history."""
+        """After training: keep the adapter, the final history, and the files the trainer
+        writes beside its checkpoints (a model card)."""
         keep(adapter_dir, self.folder, root=self.output_dir)
+        for path in (self.output_dir / "checkpoints").glob("*"):
+            if path.is_file():
+                keep(path, self.folder, root=self.output_dir)
         self._keep_history()
 
     def _keep_history(self) -> None:

@@ -237,6 +237,8 @@ def test_a_run_killed_while_keeping_a_checkpoint_resumes_from_the_kept_one(tiny_
     assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert [p.name.startswith(".checkpoint-6.") for p in kept.glob(".*")] == [True]
 
+    saved = torch.load(kept / "checkpoint-4" / "optimizer.pt", weights_only=True)
+
     # A new runtime: an empty disk, a fresh model with other LoRA weights, the same cells.
     probe = FirstOptimizerState()
     model, tokenizer, fmt = _tiny_lora(tiny_model, seed=1)
@@ -247,7 +249,6 @@ def test_a_run_killed_while_keeping_a_checkpoint_resumes_from_the_kept_one(tiny_
     assert resumed.steps == 8 and not resumed.interrupted
     assert [r["step"] for r in resumed.history.records] == list(range(1, 9))
 
-    saved = torch.load(kept / "checkpoint-4" / "optimizer.pt", weights_only=True)
     assert saved["state"] and probe.state.keys() == saved["state"].keys()
     for key, state in saved["state"].items():
         assert int(probe.state[key]["step"]) == 4
@@ -259,7 +260,7 @@ def test_a_run_killed_while_keeping_a_checkpoint_resumes_from_the_kept_one(tiny_
     local, mirror = _files(out), _files(folder)
     assert set(local) == set(mirror) - {"run.json"}
     assert all(local[name] == mirror[name] for name in local)
-    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+    assert sorted(p.name for p in kept.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
     assert [r["step"] for r in History.load(folder).records] == list(range(1, 9))
 
     # ... and it ends where a run that was never killed ends.
