@@ -5,6 +5,8 @@ temporary file, so nothing half-written ever carries a final name. No dependenci
     >>> write_atomic(Path("out/summary.json"), json.dumps(summary))      # doctest: +SKIP
     >>> with atomic_path(Path("out/model-q8_0.gguf")) as tmp:          # doctest: +SKIP
     ...     run_converter(outfile=tmp)
+    >>> with atomic_dir(Path("keep/checkpoint-40")) as tmp:             # doctest: +SKIP
+    ...     shutil.copytree(source, tmp, dirs_exist_ok=True)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 
@@ -37,3 +40,27 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     with atomic_path(Path(path), suffix=".tmp") as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, suffix: str = ".part"):
+    """Yield an empty temporary folder next to `final` to fill; when the block ends without
+    error it replaces `final` (an earlier folder there is moved aside first, then removed),
+    otherwise it is removed. A reader sees the old folder or the new one, never a mix; only a
+    crash between the two renames can leave `final` missing, with the old one beside it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{suffix}")
+    tmp.mkdir()
+    old = final.with_name(f".{final.name}.{secrets.token_hex(6)}.old")
+    try:
+        yield tmp
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -62,6 +62,11 @@ class Params:
     ollama_name: str = field(default="lorahelpers-demo", metadata={"help": "model name in Ollama"})
     output_dir: str = field(default="outputs/demo", metadata={"help": "where files are written"})
     seed: int = field(default=3407, metadata={"help": "one seed for data order, LoRA init, split"})
+    keep_dir: str = field(default="", metadata={
+        "help": "folder that mirrors checkpoints, adapter, GGUFs and Modelfile (a re-run resumes "
+                "from it); empty: Google Drive when mounted; 'off': none"})
+    hub_repo: str = field(default="", metadata={
+        "help": "Hugging Face repo id (user/name) to upload the GGUFs to; empty: no upload"})
 
     def __post_init__(self):
         if self.kind not in ("alpaca", "table"):

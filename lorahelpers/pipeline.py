@@ -64,12 +64,15 @@ def load(params: Params):
 
 
 def train_settings(params: Params, **overrides):
+    from lorahelpers.keep import keep_folder
     from lorahelpers.training import TrainSettings
 
     values = {"output_dir": params.output_dir, "max_steps": params.max_steps,
               "batch_size": params.batch_size, "grad_accum": params.grad_accum,
               "learning_rate": params.learning_rate,
               "max_seq_length": params.max_seq_length, "seed": params.seed} | overrides
+    values.setdefault("keep_dir", keep_folder(params.keep_dir, params.output_dir,
+                                              run_dir=values["output_dir"]))
     return TrainSettings(**values)
 
 
@@ -337,6 +340,7 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
     >>> print(run_demo(max_steps=20))  # doctest: +SKIP
     """
     from lorahelpers.inference import evaluate
+    from lorahelpers.keep import keep, keep_folder
     from lorahelpers.modelfile import write_modelfile
     from lorahelpers.models import add_lora
     from lorahelpers.params import default_params
@@ -380,6 +384,8 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
                                progress=progress).items()}
     first = bundle.ggufs[params.quants[0]]
     modelfile = write_modelfile(first, fmt, system=params.system or None)
+    for path in (*bundle.ggufs.values(), modelfile):  # to Google Drive or keep_dir, if any
+        keep(path, keep_folder(params.keep_dir, params.output_dir), root=out)
     step("Registering with Ollama")
     _, ollama_status = register_or_skip(params.ollama_name, first, fmt, params.system or None,
                                         progress=progress)

@@ -76,6 +76,9 @@ class TrainSettings:
     optim: str | None = _help(None, "Optimizer; None: adamw_8bit on GPU, adamw_torch on CPU.")
     group_by_length: bool = _help(True, "Batch conversations of similar length (less padding).")
     resume: bool = _help(False, "Continue from the last checkpoint in output_dir.")
+    keep_dir: str | Path | None = _help(None, "Mirror checkpoints, history and adapter into this "
+                                        "folder (e.g. on Google Drive) as they are written; a "
+                                        "re-run of the same run resumes from the newest kept.")
     progress: str = _help("auto", "'auto', 'notebook' (bar + live plot), 'terminal' or 'none'.")
     reraise_interrupt: bool | None = _help(None, "After Ctrl-C saves the adapter, re-raise "
                                            "KeyboardInterrupt; None: yes in terminals, no in "
@@ -363,7 +366,13 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
                                               s.max_seq_length)
     eval_examples.sort(key=lambda e: len(e["input_ids"]))  # less padding per eval batch
 
-    resume_from, history = _starting_point(out, s.resume)
+    keeper = None
+    if s.keep_dir:
+        from .keep import Keeper, fingerprint
+
+        keeper = Keeper.start(s.keep_dir, out, fingerprint(s, model, train_examples))
+        callbacks = [*callbacks, keeper]
+    resume_from, history = _starting_point(out, s.resume or bool(keeper and keeper.resumable))
     total_steps = _planned_steps(s, len(train_examples))
     if backend_of(model) == "unsloth":
         from unsloth import FastLanguageModel
@@ -403,6 +412,8 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
             "settings": dataclasses.asdict(s)}
     adapter_dir = save_adapter(model, tokenizer, out / "adapter", info)
     history.save(out)
+    if keeper is not None:
+        keeper.finish(adapter_dir)
     result = TrainResult(out, adapter_dir, history, steps, trainer.state.max_steps, interrupted,
                          resume_from, len(train_examples), dropped, time.perf_counter() - t0, s)
     last = _last_checkpoint(out / "checkpoints")  # also clears a checkpoint cut short

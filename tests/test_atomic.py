@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorahelpers.atomic import atomic_path, write_atomic
+from lorahelpers.atomic import atomic_dir, atomic_path, write_atomic
 
 
 def test_write_atomic_text_and_bytes(tmp_path):
@@ -45,3 +45,19 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     path = write_atomic(tmp_path / "summary.json", "{}")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_atomic_dir_replaces_a_folder_only_when_complete(tmp_path):
+    final = tmp_path / "checkpoint-4"
+    with atomic_dir(final) as tmp:
+        (tmp / "a.bin").write_bytes(b"new")
+        assert not final.exists()  # nothing under the final name while filling
+    assert [p.name for p in final.iterdir()] == ["a.bin"]
+    with pytest.raises(KeyboardInterrupt), atomic_dir(final) as tmp:
+        (tmp / "b.bin").write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert [p.name for p in final.iterdir()] == ["a.bin"]
+    with atomic_dir(final) as tmp:
+        (tmp / "c.bin").write_bytes(b"newer")
+    assert [p.name for p in final.iterdir()] == ["c.bin"]
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-4"]

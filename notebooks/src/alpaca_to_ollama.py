@@ -42,7 +42,26 @@ from lorahelpers.params import default_params
 params = default_params("alpaca")
 # params.max_steps = 120            # more steps learn more
 # params.quants = ("q8_0", "q4_k_m")
+# params.keep_dir = "off"           # no copy on Google Drive
+# params.hub_repo = "your-user/your-model"
 params
+
+# %% [markdown]
+# ## Keep your work
+# A Colab runtime that disconnects loses its disk. With Google Drive mounted (Colab asks you to
+# allow it), checkpoints, the adapter, the GGUF files and the Modelfile are copied to
+# `MyDrive/lorahelpers/<output folder>` as they are written, and running the notebook again
+# resumes training from the newest checkpoint there. Set `params.keep_dir` to use another
+# folder, or to `"off"` for none.
+
+# %%
+from lorahelpers.keep import keep, keep_folder, mount_drive
+
+if runtime.colab and params.keep_dir != "off":
+    mount_drive()
+keep_dir = keep_folder(params.keep_dir, params.output_dir)
+print(f"Keeping files in {keep_dir}" if keep_dir else
+      f"Files stay in {params.output_dir} only (no Google Drive, no params.keep_dir)")
 
 # %% [markdown]
 # ## Data
@@ -120,6 +139,8 @@ from lorahelpers.pipeline import export_and_verify
 prompts = [row[:-1] for row in data.eval[:4]]
 export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
                            params.ollama_name, params.quants, prompts)
+for path in export.ggufs.values():  # to the keep folder now, before the longer steps below
+    keep(path, keep_dir, root=params.output_dir)
 export
 
 # %% [markdown]
@@ -148,6 +169,7 @@ from lorahelpers.modelfile import write_modelfile
 
 gguf = export.ggufs[params.quants[0]]
 modelfile = write_modelfile(gguf, chat_format, system=params.system or None)
+keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
 
 # %% [markdown]
@@ -168,6 +190,8 @@ if info is not None:
 
 # %% [markdown]
 # ## Your files
+# The GGUF files and the Modelfile were copied to the keep folder (Google Drive) when there is
+# one; otherwise Colab offers the GGUF as a download (large files often fail that way).
 
 # %%
 from pathlib import Path
@@ -175,6 +199,26 @@ from pathlib import Path
 for path in sorted(Path(params.output_dir).rglob("*")):
     if path.is_file() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
-if runtime.colab:
+if keep_dir:
+    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
+                                                  if p.is_file() and "checkpoints" not in p.parts)))
+elif runtime.colab:
     from google.colab import files
-    files.download(str(gguf))  # or copy it to Drive: the runtime's disk is wiped when it stops
+    files.download(str(gguf))  # the runtime's disk is wiped when it stops
+
+# %% [markdown]
+# ## Share it on the Hugging Face Hub (optional)
+# Set `params.hub_repo = "your-user/your-model"` and add a Hugging Face token with write
+# access as a Colab secret named `HF_TOKEN` (key icon in the left bar). The GGUF files go up
+# with Ollama's `template`, `params` and `system` files and a model card with the
+# verification table, so on any computer `ollama run hf.co/your-user/your-model` builds
+# exactly the prompt the model was trained on.
+
+# %%
+from lorahelpers.hub import push_to_hub
+
+if params.hub_repo:
+    push_to_hub(params.hub_repo, export, chat_format, system=params.system or None,
+                base_model=params.model)
+else:
+    print("Not uploading: set params.hub_repo to a repository id to share the model.")

@@ -67,6 +67,23 @@ namer_data = {"data": str(DATA_DIR / "extract_train.jsonl"),    # namer: review 
 params
 
 # %% [markdown]
+# ## Keep your work
+# A Colab runtime that disconnects loses its disk. With Google Drive mounted (Colab asks you to
+# allow it), each adapter's checkpoints, the adapters, the GGUF files and the Modelfiles are
+# copied to `MyDrive/lorahelpers/<output folder>` as they are written, and running the notebook
+# again resumes training from the newest checkpoints there. Set `params.keep_dir` to use
+# another folder, or to `"off"` for none.
+
+# %%
+from lorahelpers.keep import keep, keep_folder, mount_drive
+
+if runtime.colab and params.keep_dir != "off":
+    mount_drive()
+keep_dir = keep_folder(params.keep_dir, params.output_dir)
+print(f"Keeping files in {keep_dir}" if keep_dir else
+      f"Files stay in {params.output_dir} only (no Google Drive, no params.keep_dir)")
+
+# %% [markdown]
 # ## Two tasks on the same reviews
 # Same inputs, different instruction and answer. Each held-out file has reviews (and, for the
 # namer, products) the training file never shows.
@@ -162,6 +179,7 @@ adapter_ggufs = {name: export_adapter_gguf(run.adapter_dir, base_dir,
                  for name, run in (("tagger", tagger_run), ("namer", namer_run))}
 for path in (base_gguf, *adapter_ggufs.values()):
     print(f"{path.stat().st_size / 1e6:8.1f} MB  {path}")
+    keep(path, keep_dir, root=params.output_dir)  # to the keep folder (Drive), if there is one
 
 # %% [markdown]
 # ## Verify each adapter over the base GGUF
@@ -209,6 +227,7 @@ modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system
                                     adapter=adapter, path=out / "gguf" / f"Modelfile.{name}")
               for name, adapter in adapter_ggufs.items()}
 for name, path in modelfiles.items():
+    keep(path, keep_dir, root=params.output_dir)
     print(f"# {path}\n{path.read_text()}")
 
 # %% [markdown]
@@ -253,15 +272,19 @@ else:
 
 # %% [markdown]
 # ## Your files
-# The base GGUF is the big file; each adapter adds only a few MB.
+# The base GGUF is the big file; each adapter adds only a few MB. All of them and the
+# Modelfiles were copied to the keep folder (Google Drive) when there is one.
 
 # %%
 for path in sorted(out.rglob("*")):
     if path.is_file() and not path.is_symlink() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
-if runtime.colab:
+if keep_dir:
+    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
+                                                  if p.is_file() and "checkpoints" not in p.parts)))
+elif runtime.colab:
     from google.colab import files
-    # The adapters and Modelfiles are small; copy the base GGUF to Drive rather than download
-    # it. The runtime's disk is wiped when it stops.
+    # The adapters and Modelfiles are small; for the base GGUF mount Drive (Keep your work)
+    # rather than download it. The runtime's disk is wiped when it stops.
     for path in (*adapter_ggufs.values(), *modelfiles.values()):
         files.download(str(path))
