@@ -30,8 +30,8 @@ PARAMETER_TYPES = {
 }
 DEPRECATED = ("mirostat", "mirostat_tau", "mirostat_eta", "penalize_newline", "low_vram",
               "f16_kv", "logits_all", "vocab_only", "use_mlock")
-# Without a training length, the context Ollama 0.12 gives a model (OLLAMA_CONTEXT_LENGTH's
-# default, envconfig/config.go); 0.30 and later pick 4k to 256k by GPU memory instead.
+# Without a training length, the context Ollama gave a model before 0.15.5 (OLLAMA_CONTEXT_LENGTH's
+# default, envconfig/config.go); later releases pick 4k to 256k by GPU memory.
 DEFAULT_NUM_CTX = 4096
 # Ollama 0.34.1 (pull requests 14969 and 18448) answers 400 "LoRA adapters are no longer
 # supported" to a create with adapters and "typical_p is no longer supported" to typical_p, and

@@ -42,8 +42,8 @@ import re
 import shutil
 import tempfile
 import threading
-from datetime import datetime, timezone
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -53,8 +53,8 @@ from tests.gorender import GoTemplateError, render_go
 
 DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 DEFAULT_NUM_PREDICT = 256
-# OLLAMA_CONTEXT_LENGTH's default in 0.12 (envconfig/config.go); 0.30 and later choose 4k, 32k
-# or 256k by GPU memory, which is 4k on a machine without a GPU.
+# OLLAMA_CONTEXT_LENGTH's default before 0.15.5 (envconfig/config.go); later releases choose
+# 4k, 32k or 256k by GPU memory, which is 4k on a machine without a GPU.
 DEFAULT_NUM_CTX = 4096
 # One release of each line the tests run against: before 0.30 (Go runner), 0.30-0.33
 # (llama-server, adapters still accepted), 0.34.1 and later (adapters refused).

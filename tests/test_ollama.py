@@ -636,3 +636,38 @@ def test_start_server_install_gets_zstd_then_runs_the_official_script(tmp_path, 
     lines = calls.read_text().splitlines()
     assert lines[0] == "apt-get install -y zstd"
     assert lines[1].startswith("curl -fsSL -o ") and lines[1].endswith(" " + ollama.INSTALL_SCRIPT)
+
+
+# ---------------------------------------------------------------- scripts/ollama_check.sh
+
+def ollama_check(double, gguf, **env):
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "ollama_check.sh"), str(gguf), "check-model"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PY": sys.executable, "PYTHONPATH": str(REPO),
+             "OLLAMA_HOST": double.url, **env})
+
+
+def test_ollama_check_names_the_version_and_why_an_adapter_cannot_be_registered(tiny,
+                                                                                tmp_path):
+    lora = write_tiny_gguf(tmp_path / "lora.gguf", general_type="adapter")
+    with OllamaDouble("0.34.2") as d:
+        done = ollama_check(d, tiny, ADAPTER=str(lora))
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0] == f"Ollama server version: 0.34.2 at {d.url}"
+    assert f"error: Ollama 0.34.2 at {d.url} refuses LoRA adapters" in done.stderr
+
+
+@pytest.mark.slow
+def test_ollama_check_prints_the_registration_mode():
+    from lorahelpers.models import embedded_gguf
+
+    with OllamaDouble(VERSIONS[0]) as d:
+        done = ollama_check(d, embedded_gguf(), MAX_SEQ_LENGTH="512")
+        assert d.creates[-1]["parameters"]["num_ctx"] == 2048
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"Ollama server version: {VERSIONS[0]} at {d.url}"
+    assert f"registration mode: model on Ollama {VERSIONS[0]}" in lines
+    assert lines[-1] == f"Ollama server version: {VERSIONS[0]}; registration mode: model"
+    assert sum(line.startswith("(expected: ") for line in lines) == 3
