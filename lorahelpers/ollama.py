@@ -263,6 +263,9 @@ def _merged_instead(merged, adapter: Path, version: str, url: str, progress) -> 
                           "or a function that makes it, or use an Ollama older than 0.34.1.")
     made = callable(merged)
     path = _gguf_file(merged() if made else merged, "merged GGUF")
+    if _gguf_metadata(path).get("general.type") == "adapter":
+        raise OllamaError(f"merged GGUF {path} is a LoRA adapter, not a merged model. Fix: "
+                          "pass the GGUF of the model with the adapter merged in")
     how = "made by the merged= function" if made else "given as merged="
     progress(f"{refused}: registering the merged GGUF {path} ({how}) instead of the adapter")
     return path
@@ -320,8 +323,7 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
     if adapter is None and jinja and meta.get("tokenizer.chat_template", jinja) != jinja:
         progress(f"warning: the chat template inside {gguf.name} differs from chat format "
                  f"{chat_format.name!r}; Ollama 0.30+ may use the GGUF's own template")
-    progress(f"registering {name} as {'a ' if mode == 'model' else ''}{mode} "
-             f"(num_ctx {params['num_ctx']})")
+    progress(f"registering {name}: {mode}, num_ctx {params['num_ctx']}")
     if via == "auto":
         try:
             import ollama  # noqa: F401

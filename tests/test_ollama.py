@@ -157,7 +157,7 @@ def test_register_uploads_creates_and_returns_show(double, tiny):
     assert info["details"]["family"] == "llama"
     assert (info["ollama_version"], info["registration"]) == (double.version, "model")
     assert said[:2] == [f"Ollama {double.version} at {double.url}",
-                        "registering tiny-test as a model (num_ctx 4096)"]
+                        "registering tiny-test: model, num_ctx 4096"]
     assert "uploading tiny.gguf (0.0 MiB)" in said and said[-1] == "success"
     assert double.uploads == [digest]
 
@@ -231,7 +231,7 @@ def test_a_server_that_refuses_adapters_gets_the_given_merged_gguf_or_a_clear_er
         assert "Fix: pass merged= the merged model's GGUF" in str(info.value)
         assert len(d.creates) == 1
         # what register avoids: the server's own answers
-        digest = ollama.sha256_file(lora)
+        digest = upload(d, lora.read_bytes())
         assert answer(f"{d.url}/api/create", "POST", {
             "model": "x", "files": {"tiny.gguf": ollama.sha256_file(tiny)},
             "adapters": {"lora.gguf": digest}}) == (
@@ -545,8 +545,10 @@ def test_register_through_the_cli(double, tiny, tmp_path, monkeypatch):
     info = ollama.register("cli-model", tiny, CHATML, host=double.url, system='Say "hi"',
                            progress=said.append, verify=False)
     modelfile = tiny.parent / "Modelfile"
-    assert said[1] == f"ollama create cli-model -f {modelfile}"
-    assert check(modelfile.read_text()).one("template") == CHATML.go_template
+    assert said[2] == f"ollama create cli-model -f {modelfile}"
+    written = check(modelfile.read_text(), double.version)
+    assert written.one("template") == CHATML.go_template
+    assert written.parameters["num_ctx"] == 4096
     assert double.creates[-1]["files"] == {"tiny.gguf": ollama.sha256_file(tiny)}
     assert info["system"] == 'Say "hi"' and info["template"] == CHATML.go_template
     with pytest.raises(OllamaError, match="Ollama rejected the TEMPLATE.*template error"):
