@@ -661,9 +661,11 @@ def test_ollama_check_names_the_version_and_why_an_adapter_cannot_be_registered(
 
 
 @pytest.mark.slow
-def test_ollama_check_prints_the_registration_mode():
+def test_ollama_check_prints_the_registration_mode(monkeypatch):
     from lorahelpers.models import embedded_gguf
+    from tests import ollama_double
 
+    monkeypatch.setattr(ollama_double, "DEFAULT_NUM_PREDICT", 16)  # short answers suffice
     with OllamaDouble(VERSIONS[0]) as d:
         done = ollama_check(d, embedded_gguf(), MAX_SEQ_LENGTH="512")
         assert d.creates[-1]["parameters"]["num_ctx"] == 2048
