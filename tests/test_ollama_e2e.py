@@ -11,6 +11,7 @@ refuses them (0.34.1 and later).
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import numpy as np
 import pytest
@@ -29,11 +30,17 @@ CONVERSATION = [{"role": "user", "content": "Name three colours of the rainbow."
 
 def greedy(gguf, prompt: str, stop, lora=None, n_predict=DEFAULT_NUM_PREDICT):
     """Prompt tokens and llama.cpp's greedy reply: the prompt evaluated in one batch, then one
-    token at a time until an end-of-generation token, cut at the first stop string."""
+    token at a time until an end-of-generation token, cut at the first stop string. Computed
+    once per file, prompt and adapter: every release's double is compared with the same."""
+    return _greedy(str(gguf), prompt, tuple(stop), str(lora) if lora else None, n_predict)
+
+
+@functools.cache
+def _greedy(gguf: str, prompt: str, stop: tuple, lora: str | None, n_predict: int):
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=1, n_threads_batch=1,
-                          lora_path=str(lora) if lora else None, verbose=False)
+    llm = llama_cpp.Llama(gguf, n_ctx=2048, n_threads=1, n_threads_batch=1, lora_path=lora,
+                          verbose=False)
     try:
         tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
