@@ -219,7 +219,7 @@ for name, path in modelfiles.items():
 # | Ollama | LoRA adapter GGUF (`ADAPTER`, REST `adapters`) | What `register` does |
 # |---|---|---|
 # | before 0.5.5 | no structured `/api/create` | refuses the server: upgrade |
-# | 0.5.5 - 0.29 | accepted, one per model | base + adapter layer |
+# | 0.5.5 - 0.24 | accepted, one per model | base + adapter layer |
 # | 0.30 - 0.34.0 | accepted, one per model (llama-server applies it) | base + adapter layer |
 # | 0.34.1 and later | refused: *LoRA adapters are no longer supported* | registers the merged model |
 #
