@@ -635,7 +635,8 @@ def _handler(double: OllamaDouble):
                 llm, opts = double.load(model, body.get("options"))
 
                 def tokenize(text):
-                    return llm.tokenize(text.encode(), add_bos=True, special=True)
+                    with double._lock:  # one thread at a time in llama.cpp
+                        return llm.tokenize(text.encode(), add_bos=True, special=True)
 
                 cut = body.get("truncate", True) is not False
                 prompt = double.prompt_for(model, messages, opts["num_ctx"] if cut else None,
