@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorahelpers.atomic import write_atomic
@@ -29,9 +30,68 @@ PARAMETER_TYPES = {
 }
 DEPRECATED = ("mirostat", "mirostat_tau", "mirostat_eta", "penalize_newline", "low_vram",
               "f16_kv", "logits_all", "vocab_only", "use_mlock")
+# Without a training length, the context Ollama gave a model before 0.15.5 (OLLAMA_CONTEXT_LENGTH's
+# default, envconfig/config.go); later releases pick 4k to 256k by GPU memory.
+DEFAULT_NUM_CTX = 4096
+# Ollama 0.34.1 (pull requests 14969 and 18448) answers 400 "LoRA adapters are no longer
+# supported" to a create with adapters and "typical_p is no longer supported" to typical_p, and
+# quantizes GGUF imports no more.
+REFUSES_ADAPTERS_FROM = (0, 34, 1)
 # strings.TrimSpace's set (Go's unicode.IsSpace).
 _GO_SPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
             "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of an Ollama version string; (0, 0, 0) when it has none.
+
+    >>> version_tuple("0.34.2-rc0")
+    (0, 34, 2)
+    """
+    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", version or "")
+    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class OllamaRules:
+    """What one Ollama release accepts when a model is created; version None accepts what
+    any release does."""
+
+    version: str | None
+    adapters: bool  # ADAPTER lines / the adapters field
+    typical_p: bool  # PARAMETER typical_p
+    quantize_gguf: bool  # create-time quantization of a GGUF import
+
+
+def ollama_rules(version: str | None) -> OllamaRules:
+    """The create-time rules of Ollama `version` ("0.0.0", a source build, is taken as the
+    newest).
+
+    >>> ollama_rules("0.34.2").adapters, ollama_rules("0.33.0").adapters
+    (False, True)
+    """
+    if version is None:
+        return OllamaRules(None, True, True, True)
+    v = version_tuple(version)
+    old = v != (0, 0, 0) and v < REFUSES_ADAPTERS_FROM
+    return OllamaRules(version, old, old, old)
+
+
+def num_ctx_for(max_seq_length: int | None) -> int:
+    """PARAMETER num_ctx for a model trained on max_seq_length tokens: the next power of two,
+    at least 2048 so that a system prompt, some history and the reply fit; DEFAULT_NUM_CTX
+    when the training length is not known.
+
+    >>> num_ctx_for(512), num_ctx_for(3000), num_ctx_for(None)
+    (2048, 4096, 4096)
+    """
+    if max_seq_length is None:
+        return DEFAULT_NUM_CTX
+    if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) \
+            or max_seq_length < 1:
+        raise ValueError(f"max_seq_length must be a positive int, got {max_seq_length!r}. "
+                         "Fix: pass the max_seq_length the model was trained with.")
+    return max(2048, 1 << (max_seq_length - 1).bit_length())
 
 
 def _go_printable(ch: str) -> bool:
@@ -99,8 +159,10 @@ def _template_value(template: str) -> str:
         return _quote(rewritten, "TEMPLATE")
 
 
-def check_parameters(parameters: dict | None, stop: tuple[str, ...] = ()) -> dict:
-    """Validated Ollama parameters, with `stop` = the format's stops then any extra ones.
+def check_parameters(parameters: dict | None, stop: tuple[str, ...] = (),
+                     version: str | None = None) -> dict:
+    """Validated Ollama parameters, with `stop` = the format's stops then any extra ones;
+    with `version`, also refused where that Ollama release refuses them (typical_p from 0.34.1).
 
     >>> check_parameters({"temperature": 0.7}, ("<|im_end|>",))
     {'stop': ['<|im_end|>'], 'temperature': 0.7}
@@ -121,6 +183,10 @@ def check_parameters(parameters: dict | None, stop: tuple[str, ...] = ()) -> dic
             and (kind is float or isinstance(value, int)))
         if not ok or kind is float and not abs(value) < 3.4e38:
             raise ValueError(f"parameter {name!r} needs a finite {kind.__name__}, got {value!r}")
+        if name == "typical_p" and not ollama_rules(version).typical_p:
+            raise ValueError(f"parameter 'typical_p' is refused by Ollama {version} (0.34.1 and "
+                             "later answer 'typical_p is no longer supported'). Fix: remove it "
+                             "(top_p and min_p are the nearest samplers that remain).")
         out[name] = float(value) if kind is float else value
     for s in stops:
         if not isinstance(s, str) or not s:
@@ -137,12 +203,29 @@ def _relative(path: Path, base: Path) -> str:
     return rel if rel.startswith("../") else "./" + rel
 
 
+def model_parameters(parameters: dict | None, stop: tuple[str, ...] = (),
+                     max_seq_length: int | None = None, version: str | None = None) -> dict:
+    """check_parameters(...) plus num_ctx (num_ctx_for(max_seq_length)) unless parameters set
+    it: what every Modelfile and REST create from lorahelpers carries, so that Ollama neither
+    truncates a chat at a small default context nor reserves a huge one.
+
+    >>> model_parameters({"temperature": 0.7}, ("<|im_end|>",), max_seq_length=512)
+    {'stop': ['<|im_end|>'], 'temperature': 0.7, 'num_ctx': 2048}
+    """
+    params = check_parameters(parameters, stop, version)
+    params.setdefault("num_ctx", num_ctx_for(max_seq_length))
+    return params
+
+
 def render_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=None,
-                     modelfile_dir=None) -> str:
-    """The Modelfile text registering `gguf` with chat_format's TEMPLATE and stop strings.
+                     modelfile_dir=None, max_seq_length=None, version=None) -> str:
+    """The Modelfile text registering `gguf` with chat_format's TEMPLATE and stop strings, and
+    PARAMETER num_ctx from the training max_seq_length (model_parameters).
 
     Paths are written relative to modelfile_dir (default: the GGUF's folder). With `adapter`,
-    `gguf` is the base model and the adapter GGUF goes on an ADAPTER line. TEMPLATE and SYSTEM
+    `gguf` is the base model and the adapter GGUF goes on an ADAPTER line. With `version`,
+    what that Ollama release refuses (ADAPTER and typical_p from 0.34.1) is a ValueError
+    rather than a Modelfile its `ollama create` rejects. TEMPLATE and SYSTEM
     are quoted with triple quotes; a TEMPLATE whose text Ollama's quoting cannot hold (a line
     ending in three quotes, an unprintable character) is rewritten with equivalent Go string
     actions. A SYSTEM text that cannot be held (a line ending in three quotes and another in one
@@ -153,7 +236,14 @@ def render_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter
     TEMPLATE \"\"\"{{ range $i, $m := .Messages }}...\"\"\"
     PARAMETER stop <|im_end|>
     PARAMETER stop <|im_start|>
+    PARAMETER num_ctx 4096
     """
+    rules = ollama_rules(version)
+    if adapter is not None and not rules.adapters:
+        raise ValueError(f"Ollama {version} refuses ADAPTER (0.34.1 and later answer 'LoRA "
+                         "adapters are no longer supported'). Fix: merge the adapter into its "
+                         "base (lorahelpers.pipeline.export_and_verify) and write the merged "
+                         "GGUF's Modelfile, or use an Ollama older than 0.34.1.")
     gguf = Path(gguf)
     base = Path(modelfile_dir) if modelfile_dir is not None else gguf.parent
     lines = [f"FROM {_quote(_relative(gguf, base), 'FROM path', bare=True)}"]
@@ -162,7 +252,8 @@ def render_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter
     lines.append(f"TEMPLATE {_template_value(chat_format.go_template)}")
     if system:
         lines.append(f"SYSTEM {_quote(system, 'SYSTEM')}")
-    for name, value in check_parameters(parameters, tuple(chat_format.stop)).items():
+    params = model_parameters(parameters, tuple(chat_format.stop), max_seq_length, version)
+    for name, value in params.items():
         values = value if name == "stop" else [value]
         for v in values:
             text = ("true" if v else "false") if isinstance(v, bool) else str(v)
@@ -171,7 +262,7 @@ def render_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter
 
 
 def write_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=None,
-                    path=None) -> Path:
+                    path=None, max_seq_length=None, version=None) -> Path:
     """Write render_modelfile(...) atomically to `path` (default: Modelfile next to the GGUF).
 
     >>> write_modelfile("out/m.gguf", get_chat_format("chatml"))  # doctest: +SKIP
@@ -179,5 +270,6 @@ def write_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=
     """
     path = Path(path) if path is not None else Path(gguf).parent / "Modelfile"
     text = render_modelfile(gguf, chat_format, system=system, parameters=parameters,
-                            adapter=adapter, modelfile_dir=path.parent)
+                            adapter=adapter, modelfile_dir=path.parent,
+                            max_seq_length=max_seq_length, version=version)
     return write_atomic(path, text)

@@ -26,7 +26,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .modelfile import check_parameters, render_modelfile, write_modelfile  # noqa: F401
+from .modelfile import (  # noqa: F401
+    check_parameters,
+    model_parameters,
+    ollama_rules,
+    render_modelfile,
+    version_tuple,
+    write_modelfile,
+)
 
 MIN_VERSION = (0, 5, 5)  # first server with the structured /api/create (files, template, ...)
 INSTALL_SCRIPT = "https://ollama.com/install.sh"
@@ -105,11 +112,6 @@ def server_available(host: str | None = None) -> str | None:
         return None
 
 
-def _version(text: str) -> tuple[int, ...]:
-    m = re.match(r"v?(\d+)\.(\d+)\.(\d+)", text)
-    return tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
-
-
 def _require_server(url: str) -> str:
     version = server_available(url)
     if version is None:
@@ -118,7 +120,7 @@ def _require_server(url: str) -> str:
             "(install: https://ollama.com/download), or in Python `from lorahelpers.ollama "
             "import start_server; server = start_server()` (on Colab: start_server(install="
             "True)). If it runs elsewhere, pass host= or set OLLAMA_HOST.")
-    if (0, 0, 0) < _version(version) < MIN_VERSION:
+    if (0, 0, 0) < version_tuple(version) < MIN_VERSION:
         need = ".".join(map(str, MIN_VERSION))
         raise OllamaError(
             f"The Ollama server at {url} is version {version}; registering needs {need} or "
@@ -188,6 +190,10 @@ def _upload(client, url: str, path: Path, progress) -> str:
 
 
 def _create_error(name: str, error: str, chat_format) -> OllamaError:
+    if "no longer supported" in error:
+        return OllamaError(f"ollama create {name} failed: {error}: this Ollama refuses what "
+                           "0.34.1 and later refuse (LoRA adapters, typical_p). Fix: register "
+                           "the merged GGUF (register(..., merged=...)) without typical_p.")
     if "template" in error:
         return OllamaError(f"Ollama rejected the TEMPLATE of chat format "
                            f"{getattr(chat_format, 'name', '?')!r}: {error}")
@@ -224,7 +230,7 @@ def _create_cli(url, name, gguf, adapter, chat_format, system, params, progress)
     if binary is None:
         raise OllamaError("neither the ollama Python client (pip install ollama) nor the "
                           "ollama command is available")
-    try:
+    try:  # params carry num_ctx and were checked against the server's version already
         modelfile = write_modelfile(gguf, chat_format, system=system, parameters=params,
                                     adapter=adapter)
     except ValueError as e:
@@ -246,40 +252,78 @@ def _create_cli(url, name, gguf, adapter, chat_format, system, params, progress)
                             or f"exit code {proc.returncode}", chat_format)
 
 
-def register(name, gguf, chat_format, host=None, system=None, parameters=None, adapter=None,
-             progress=print, via="auto", verify=True) -> dict:
-    """Register a GGUF with Ollama under `name`, using chat_format's TEMPLATE and stops.
+def _merged_instead(merged, adapter: Path, version: str, url: str, progress) -> Path:
+    """The merged GGUF to register where the server refuses adapters: `merged` itself (a
+    path), or what it returns (a function that makes it)."""
+    refused = (f"Ollama {version} at {url} refuses LoRA adapters (0.34.1 and later answer "
+               "'LoRA adapters are no longer supported')")
+    if merged is None:
+        raise OllamaError(f"{refused}, and no merged GGUF was given for adapter {adapter}. Fix: "
+                          "pass merged= the merged model's GGUF (export_and_verify writes one) "
+                          "or a function that makes it, or use an Ollama older than 0.34.1.")
+    made = callable(merged)
+    path = _gguf_file(merged() if made else merged, "merged GGUF")
+    if _gguf_metadata(path).get("general.type") == "adapter":
+        raise OllamaError(f"merged GGUF {path} is a LoRA adapter, not a merged model. Fix: "
+                          "pass the GGUF of the model with the adapter merged in")
+    how = "made by the merged= function" if made else "given as merged="
+    progress(f"{refused}: registering the merged GGUF {path} ({how}) instead of the adapter")
+    return path
 
-    Checks the name, the file, the server and its version; uploads the GGUF (and the LoRA
-    GGUF in adapter mode, where `gguf` is the base) unless the server has it; creates the
-    model; with verify, runs a one-token chat; returns what /api/show reports. `via` is "api"
-    (the ollama Python client), "cli" (`ollama create -f Modelfile`) or "auto" (the API when
-    the client is installed, else the command).
+
+def register(name, gguf, chat_format, host=None, system=None, parameters=None, adapter=None,
+             progress=print, via="auto", verify=True, max_seq_length=None, merged=None) -> dict:
+    """Register a GGUF with Ollama under `name`, using chat_format's TEMPLATE and stops and
+    PARAMETER num_ctx from the training max_seq_length (parameters={"num_ctx": n} overrides).
+
+    Checks the name, the files and the parameters, then reads the server's version and what it
+    accepts before sending anything. With `adapter` (a LoRA GGUF over the base `gguf`) on a
+    server that accepts adapters, the adapter is sent as a layer over the base; a server that
+    refuses them (0.34.1 and later) gets `merged` instead: a merged GGUF, or a function that
+    makes one (called only then); without it, an OllamaError says what to do. Uploads what the
+    server lacks, creates the model; with verify, runs a one-token chat. `via` is "api" (the
+    ollama Python client), "cli" (`ollama create -f Modelfile`) or "auto" (the API when the
+    client is installed, else the command). Returns what /api/show reports, plus
+    "ollama_version" and "registration" ("model", "adapter layer" or "merged model").
 
     >>> info = register("my-model", "out/model-q8_0.gguf", get_chat_format("chatml"))  # doctest: +SKIP
-    >>> info["details"]["quantization_level"]                      # doctest: +SKIP
-    'Q8_0'
+    >>> info["details"]["quantization_level"], info["registration"]  # doctest: +SKIP
+    ('Q8_0', 'model')
     """
     if via not in ("auto", "api", "cli"):
         raise ValueError(f"via must be 'auto', 'api' or 'cli', got {via!r}")
     name = validate_model_name(name)
     gguf = _gguf_file(gguf, "GGUF")
     adapter = _gguf_file(adapter, "adapter") if adapter is not None else None
+    stop = tuple(chat_format.stop)
     try:
-        params = check_parameters(parameters, tuple(chat_format.stop))
+        model_parameters(parameters, stop, max_seq_length)
     except ValueError as e:
         raise OllamaError(str(e)) from None
-    meta = _gguf_metadata(gguf)
+    if _gguf_metadata(gguf).get("general.type") == "adapter":
+        raise OllamaError(f"GGUF {gguf} is a LoRA adapter, not a model. Fix: pass the base "
+                          "model's GGUF as gguf and this file as adapter=")
     if adapter is not None and _gguf_metadata(adapter).get("general.type") == "model":
         raise OllamaError(f"adapter {adapter} is not a LoRA GGUF (general.type is not "
                           "'adapter'): export the adapter with lorahelpers.export")
+    url = base_url(host)
+    version = _require_server(url)
+    rules = ollama_rules(version)
+    progress(f"Ollama {version} at {url}")
+    mode = "adapter layer" if adapter is not None else "model"
+    if adapter is not None and not rules.adapters:
+        gguf, adapter, mode = _merged_instead(merged, adapter, version, url, progress), None, \
+            "merged model"
+    try:
+        params = model_parameters(parameters, stop, max_seq_length, version)
+    except ValueError as e:
+        raise OllamaError(str(e)) from None
     jinja = getattr(chat_format, "jinja_template", None)
+    meta = _gguf_metadata(gguf)
     if adapter is None and jinja and meta.get("tokenizer.chat_template", jinja) != jinja:
         progress(f"warning: the chat template inside {gguf.name} differs from chat format "
                  f"{chat_format.name!r}; Ollama 0.30+ may use the GGUF's own template")
-    url = base_url(host)
-    version = _require_server(url)
-    progress(f"Ollama {version} at {url}")
+    progress(f"registering {name}: {mode}, num_ctx {params['num_ctx']}")
     if via == "auto":
         try:
             import ollama  # noqa: F401
@@ -302,7 +346,7 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
     except (urllib.error.URLError, ConnectionError) as e:
         raise OllamaError(f"lost the Ollama server at {url} while registering {name}: {e}. "
                           "Is it still running?") from None
-    return info
+    return {**info, "ollama_version": version, "registration": mode}
 
 
 def chat(name, messages, host=None, stream=True, options=None) -> str:

@@ -75,6 +75,6 @@ if [ $DEV = 1 ] && ! command -v go >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go) >/dev/null
   else
-    echo "Go is missing: install it with 'sudo apt-get install golang-go' (template tests are skipped without it)."
+    echo "Go is missing: install it with 'sudo apt-get install golang-go'. The tests that render Ollama templates with Go fail without it."
   fi
 fi

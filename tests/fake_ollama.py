@@ -3,9 +3,11 @@
     ollama serve                     the double on $OLLAMA_HOST until SIGTERM; FAKE_OLLAMA_DELAY
                                      waits that many seconds before listening, FAKE_OLLAMA_FAIL
                                      prints its text and exits 1, FAKE_OLLAMA_VERSION sets the
-                                     version it reports
+                                     release it behaves as (default: the newest the double knows)
     ollama create NAME -f Modelfile  what the real CLI does: parse the Modelfile (with
-                                     tests/modelfile_check.py), upload the blobs, create
+                                     tests/modelfile_check.py, by the rules of the server's
+                                     version, as a CLI installed with that server), upload the
+                                     blobs, create
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path, PurePosixPath
 if not __package__:  # run as a script: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import modelfile_check as mfc  # noqa: E402
-from tests.ollama_double import OllamaDouble  # noqa: E402
+from tests.ollama_double import NEWEST, OllamaDouble  # noqa: E402
 
 
 def _cli_create(name: str, modelfile: Path) -> int:
@@ -33,8 +35,10 @@ def _cli_create(name: str, modelfile: Path) -> int:
     if not mfc.name_is_valid(name):
         print(f"Error: invalid model name: {name}", file=sys.stderr)
         return 1
+    with urllib.request.urlopen(f"{url}/api/version") as r:
+        version = json.loads(r.read())["version"]
     try:
-        req = mfc.request(modelfile.read_text(encoding="utf-8"), modelfile.parent)
+        req = mfc.request(modelfile.read_text(encoding="utf-8"), modelfile.parent, version)
     except (mfc.ModelfileError, OSError) as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1
@@ -70,7 +74,7 @@ def _cli_serve() -> int:
         return 1
     time.sleep(float(os.environ.get("FAKE_OLLAMA_DELAY", "0")))
     host, _, port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rpartition(":")
-    double = OllamaDouble(os.environ.get("FAKE_OLLAMA_VERSION", "0.12.6"), int(port))
+    double = OllamaDouble(os.environ.get("FAKE_OLLAMA_VERSION", NEWEST), int(port))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"Listening on {host}:{port} (version {double.version})", flush=True)
     try:

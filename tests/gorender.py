@@ -68,7 +68,9 @@ def build() -> Path:
         return binary
     go = shutil.which("go")
     if go is None:
-        raise RuntimeError("Go is needed to check Ollama templates: apt-get install golang-go")
+        raise RuntimeError("Go is not on PATH, and the tests render Ollama templates with Go's own "
+                           "text/template. Fix: apt-get install golang-go (scripts/setup.sh "
+                           "--dev does it as root).")
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         out = Path(tmp) / "gorender"
@@ -80,16 +82,23 @@ def build() -> Path:
     return binary
 
 
-def render_go(template: str, messages: list[dict], system: str | None = None) -> str:
-    """Ollama's Messages-mode render: .Messages (each .Role, .Content), .System (by default
-    the system messages' contents joined by a blank line, as Ollama does), .Prompt and
-    .Response empty. Raises GoTemplateError when Go rejects the template."""
+# The template functions and message fields of the newest release the double knows.
+NEWEST_FUNCS = ("json", "currentDate", "yesterdayDate", "toTypeScriptType")
+
+
+def render_go(template: str, messages: list[dict], system: str | None = None,
+              funcs: tuple[str, ...] = NEWEST_FUNCS, tool_call_ids: bool = True) -> str:
+    """Ollama's Messages-mode render: .Messages (each .Role, .Content and the release's other
+    message fields), .System (by default the system messages' contents joined by a blank line,
+    as Ollama does), .Tools, .Response empty, and no .Prompt (Go prints `<no value>`).
+    `funcs` are the release's template functions, `tool_call_ids` whether its messages have
+    ToolCallID. Raises GoTemplateError when Go rejects the template."""
     if system is None:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     answer = _harness.render({
         "template": template,
         "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-        "system": system,
+        "system": system, "funcs": list(funcs), "tool_call_ids": tool_call_ids,
     })
     if "error" in answer:
         raise GoTemplateError(answer["error"])

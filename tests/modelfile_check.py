@@ -11,6 +11,12 @@ with a warning, MESSAGE roles.
     >>> check('FROM ./m.gguf\\nPARAMETER stop "<|im_end|>"\\n').parameters
     {'stop': ['<|im_end|>']}
 
+Each function takes the Ollama `version` whose rules apply (default: the newest known); what
+changed between releases was read from parser/parser.go and api/types.go at the release tags:
+REQUIRES since 0.14.0, DRAFT since 0.23.1, PARAMETER draft_num_predict since 0.30.0; from
+0.34.1 (pull requests 14969 and 18448) `ollama create` refuses ADAPTER ("LoRA adapters are no
+longer supported") and typical_p ("typical_p is no longer supported").
+
 The same module holds Ollama's model-name rules (types/model/name.go), used by the test double.
 """
 
@@ -24,10 +30,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorahelpers.modelfile import version_tuple
+
 COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
             "parameter", "message", "requires")
-ERR_COMMAND = ('command must be one of "from", "license", "template", "system", "adapter", '
-               '"draft", "renderer", "parser", "parameter", "message", or "requires"')
+NEWEST = "0.34.2"
 ERR_ROLE = 'message role must be one of "system", "user", or "assistant"'
 # api.Options (and its embedded Runner) at the time of writing: json name -> Go kind.
 PARAMETER_KINDS = {
@@ -38,6 +45,32 @@ PARAMETER_KINDS = {
     "num_ctx": "int", "num_batch": "int", "num_gpu": "int", "main_gpu": "int",
     "use_mmap": "bool", "num_thread": "int", "draft_num_predict": "int",
 }
+
+
+def _since(version: str, *v: int) -> bool:
+    have = version_tuple(version)
+    return have == (0, 0, 0) or have >= v
+
+
+def known_commands(version: str = NEWEST) -> tuple[str, ...]:
+    """The Modelfile commands of a release's parser, in the order its error lists them."""
+    return tuple(c for c in COMMANDS if not (c == "requires" and not _since(version, 0, 14, 0)
+                                             or c == "draft" and not _since(version, 0, 23, 1)))
+
+
+def err_command(version: str = NEWEST) -> str:
+    names = [f'"{c}"' for c in known_commands(version)]
+    return f"command must be one of {', '.join(names[:-1])}, or {names[-1]}"
+
+
+ERR_COMMAND = err_command()
+
+
+def parameter_kinds(version: str = NEWEST) -> dict:
+    kinds = dict(PARAMETER_KINDS)
+    if not _since(version, 0, 30, 0):
+        del kinds["draft_num_predict"]
+    return kinds
 DEPRECATED = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
               "mirostat", "mirostat_tau", "mirostat_eta")
 # Go's unicode.IsSpace, which strings.TrimSpace strips.
@@ -98,7 +131,7 @@ def unquote(s: str) -> tuple[str, bool]:
     return s, True
 
 
-def _step(ch: str, state: int):
+def _step(ch: str, state: int, version: str = NEWEST):
     """parseRuneForState: (next state, rune to keep or None, error or None)."""
     if state == NIL:
         if ch == "#":
@@ -111,7 +144,7 @@ def _step(ch: str, state: int):
             return NAME, ch, None
         if _is_space(ch):
             return VALUE, None, None
-        return NIL, None, ERR_COMMAND
+        return NIL, None, err_command(version)
     if state == VALUE:
         return (NIL, ch, None) if _is_newline(ch) or _is_space(ch) else (VALUE, ch, None)
     if state == PARAMETER:
@@ -125,7 +158,7 @@ def _step(ch: str, state: int):
     return (NIL, None, None) if _is_newline(ch) else (COMMENT, None, None)
 
 
-def parse(text: str) -> Modelfile:
+def parse(text: str, version: str = NEWEST) -> Modelfile:
     """The commands of a Modelfile as (name, args) pairs, as Ollama's ParseFile reads them.
     FROM is named "model", MESSAGE args are "role: content", PARAMETER names are kept as
     written (case-sensitive)."""
@@ -135,7 +168,7 @@ def parse(text: str) -> Modelfile:
     for ch in text:
         if _is_newline(ch):
             line += 1
-        nxt, keep, err = _step(ch, state)
+        nxt, keep, err = _step(ch, state, version)
         if err == "EOF":
             raise ModelfileError("unexpected EOF: " + "".join(buf))
         if err:
@@ -143,8 +176,8 @@ def parse(text: str) -> Modelfile:
         if nxt != state:
             word = "".join(buf)
             if state == NAME:
-                if word.lower() not in COMMANDS:
-                    raise ModelfileError(f"(line {line}): {ERR_COMMAND}")
+                if word.lower() not in known_commands(version):
+                    raise ModelfileError(f"(line {line}): {err_command(version)}")
                 low = word.lower()
                 if low == "from":
                     name = "model"
@@ -185,11 +218,17 @@ def parse(text: str) -> Modelfile:
     return Modelfile(commands)
 
 
-def check(text: str) -> Modelfile:
+def check(text: str, version: str = NEWEST) -> Modelfile:
     """parse() plus what `ollama create` checks before sending anything: parameter names and
-    types, REQUIRES as semver. The result's .parameters is what the CLI would send."""
-    mf = parse(text)
+    types, REQUIRES as semver, and from 0.34.1 no ADAPTER and no typical_p. The result's
+    .parameters is what the CLI would send."""
+    mf = parse(text, version)
+    refuses = _since(version, 0, 34, 1)
     for cmd, args in mf.commands:
+        if cmd == "adapter" and refuses:
+            raise ModelfileError("LoRA adapters are no longer supported")
+        if cmd == "typical_p" and refuses:
+            raise ModelfileError("typical_p is no longer supported")
         if cmd in ("model", "draft", "adapter", "template", "system", "license", "renderer",
                    "parser", "message"):
             continue
@@ -200,7 +239,7 @@ def check(text: str) -> Modelfile:
         if cmd in DEPRECATED:
             mf.warnings.append(f"warning: parameter {cmd} is deprecated")
             continue
-        value = format_param(cmd, args)
+        value = format_param(cmd, args, version)
         if isinstance(value, list):
             mf.parameters.setdefault(cmd, []).extend(value)
         else:
@@ -241,9 +280,9 @@ def go_parse_int64(s: str) -> int:
     return int(s)
 
 
-def format_param(name: str, value: str):
+def format_param(name: str, value: str, version: str = NEWEST):
     """api.FormatParams for one `PARAMETER name value` line."""
-    kind = PARAMETER_KINDS.get(name)
+    kind = parameter_kinds(version).get(name)
     if kind is None:
         raise ModelfileError(f"unknown parameter '{name}'")
     try:
@@ -260,12 +299,12 @@ def format_param(name: str, value: str):
     return [value]
 
 
-def request(text: str, modelfile_dir: str | Path) -> dict:
+def request(text: str, modelfile_dir: str | Path, version: str = NEWEST) -> dict:
     """What `ollama create NAME -f Modelfile` sends, before file names become blob digests:
     {"from": name} when FROM is not an existing path, else {"files": [absolute paths]}, plus
     adapters, template, system, parameters, messages, license. Paths resolve like Ollama's
     expandPath: absolute, ~ (home), or relative to the Modelfile's directory."""
-    mf = check(text)
+    mf = check(text, version)
     out: dict = {}
     for cmd, args in mf.commands:
         if cmd in ("model", "adapter"):

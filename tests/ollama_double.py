@@ -1,5 +1,7 @@
 """A test double of Ollama's REST API (`ollama serve`, 0.5.5 and later), since no Ollama server
-can be installed on the machines the tests run on.
+can be installed on the machines the tests run on. It behaves as one named release at a time:
+`OllamaDouble(version="0.12.6")`; `Release` lists what differs between releases, each behaviour
+with the source it was read from.
 
 It stands in for the server lorahelpers.ollama talks to: GET / and /api/version, HEAD/POST
 /api/blobs/<digest> (digest format and content checked), POST /api/create (files, adapters,
@@ -7,22 +9,26 @@ from, template, system, parameters, messages, license; NDJSON progress, or one J
 stream is false), GET /api/tags, POST /api/show, DELETE /api/delete and POST /api/chat. What the
 real server rejects it rejects with the same status and wording, read from Ollama's sources:
 invalid names, absolute or `..` file names, bad or unknown digests, files that are not GGUF,
-TEMPLATE syntax errors (parsed by Go's own text/template through tests/gorender.py), missing
-models (404 `model 'x' not found`). Errors that the real server finds after it has started
-streaming come as a final {"error": ...} line, as there.
+TEMPLATE syntax errors (parsed by Go's own text/template through tests/gorender.py, with the
+release's template functions), missing models (404 `model 'x' not found`), and from 0.34.1
+adapters, typical_p and GGUF quantization. Errors that the real server finds after it has
+started streaming come as a final {"error": ...} line, as there.
 
 Chat builds Ollama's Messages-mode data (the model's MESSAGEs, then the request's; the
 Modelfile SYSTEM first only when the request does not start with a system message;
-consecutive same-role messages joined by a blank line), renders the stored TEMPLATE with Go,
-records it in `.last_prompt`, and generates greedily with llama.cpp (llama-cpp-python) on the
-registered GGUF (plus the LoRA GGUF in adapter mode), cutting at the stop list.
+consecutive same-role messages joined by a blank line), drops the oldest history that does not
+fit in num_ctx as the release's chatPrompt does (server/prompt.go), renders the stored TEMPLATE
+with Go, records it in `.last_prompt`, and generates greedily with llama.cpp
+(llama-cpp-python) on the registered GGUF (plus the LoRA GGUF in adapter mode), cutting at the
+stop list.
 
 Where it differs from Ollama: models live in memory and blobs in a temporary folder; it does
 not quantize, convert safetensors, pull from a registry or detect templates from the GGUF; chat
 is always greedy on one CPU thread (sampling options other than stop, num_predict and num_ctx
-are ignored; num_predict defaults to 256, not unlimited), does not truncate long histories, and
-knows only Messages-mode templates (no legacy .Prompt/.Response mode, tools, images, thinking), and
-evaluates every prompt afresh (no prompt cache), so equal requests get equal answers.
+are ignored; num_predict defaults to 256, not unlimited); prompt tokens for truncation are
+counted with llama.cpp's tokenizer and a BOS; it knows only Messages-mode templates (no legacy
+.Prompt/.Response mode, tools, images, thinking), and evaluates every prompt afresh (no prompt
+cache), so equal requests get equal answers.
 
 tests/fake_ollama.py wraps it in a fake `ollama` command (serve, create -f) for the tests.
 """
@@ -36,15 +42,84 @@ import re
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from lorahelpers.modelfile import version_tuple
 from tests import modelfile_check as mfc
 from tests.gorender import GoTemplateError, render_go
 
 DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 DEFAULT_NUM_PREDICT = 256
+# OLLAMA_CONTEXT_LENGTH's default before 0.15.5 (envconfig/config.go); later releases choose
+# 4k, 32k or 256k by GPU memory, which is 4k on a machine without a GPU.
+DEFAULT_NUM_CTX = 4096
+# One release of each line the tests run against: before 0.30 (Go runner), 0.30-0.33
+# (llama-server, adapters still accepted), 0.34.1 and later (adapters refused).
+VERSIONS = ("0.12.6", "0.32.15", "0.34.2")
+NEWEST = VERSIONS[-1]
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one Ollama release does differently, for everything lorahelpers touches. Each
+    property names where it was read: github.com/ollama/ollama at the release tags (0.12.0 to
+    0.33.0-rc2 were compared tag by tag); the 0.34.1 changes from its pull requests 14969
+    (adapters) and 18448 (typical_p) and the import docs, whose source was not available here.
+    "0.0.0" (a source build) is taken as the newest."""
+
+    version: str
+
+    def since(self, *v: int) -> bool:
+        have = version_tuple(self.version)
+        return have == (0, 0, 0) or have >= v
+
+    @property
+    def funcs(self) -> tuple[str, ...]:
+        """template/template.go `funcs`: toTypeScriptType since 0.11.3, yesterdayDate since
+        0.13.3."""
+        return ("json", "currentDate") + (("yesterdayDate",) if self.since(0, 13, 3) else ()) \
+            + (("toTypeScriptType",) if self.since(0, 11, 3) else ())
+
+    @property
+    def tool_call_ids(self) -> bool:
+        """api/types.go Message.ToolCallID and ToolCall.ID, which templates can read: since
+        0.12.10 (template.templateMessage keeps them from 0.14.0)."""
+        return self.since(0, 12, 10)
+
+    @property
+    def show_names_shortest(self) -> bool:
+        """server/routes.go ShowHandler: since 0.30.0 the 404 names the model as
+        name.DisplayShortest() ("x:latest"), before as requested ("x")."""
+        return self.since(0, 30, 0)
+
+    @property
+    def truncates_from_the_front(self) -> bool:
+        """server/prompt.go chatPrompt: since 0.15.5 it tries the whole history, then drops
+        messages from the front until it fits, keeping every system message before the cut.
+        Before, it walks back from the latest message and stops at the first that does not
+        fit; a system message at exactly that place is dropped with it."""
+        return self.since(0, 15, 5)
+
+    @property
+    def refuses_adapters(self) -> bool:
+        """0.34.1 (pull request 14969, server/create.go errAdaptersUnsupported): 400 "LoRA
+        adapters are no longer supported" for `adapters`, and for an adapter GGUF in `files`."""
+        return self.since(0, 34, 1)
+
+    @property
+    def refuses_typical_p(self) -> bool:
+        """0.34.1 (pull request 18448): 400 "typical_p is no longer supported" for a create
+        with the parameter and for requests with the option."""
+        return self.since(0, 34, 1)
+
+    @property
+    def refuses_gguf_quantize(self) -> bool:
+        """0.34.1 (release notes, docs/import: "Ollama does not quantize GGUF models during
+        import"). The wording of its error was not available: the double's is its own."""
+        return self.since(0, 34, 1)
 
 
 class CreateError(Exception):
@@ -83,8 +158,9 @@ def _show_quote(s: str) -> str:
 class OllamaDouble:
     """The fake server; `with OllamaDouble() as d: d.url` runs it in a thread."""
 
-    def __init__(self, version: str = "0.12.6", port: int = 0):
+    def __init__(self, version: str = NEWEST, port: int = 0):
         self.version = version
+        self.release = Release(version)
         self._tmp = tempfile.mkdtemp(prefix="ollama-double-")
         self.blobs = Path(self._tmp) / "blobs"
         self.blobs.mkdir()
@@ -175,11 +251,13 @@ class OllamaDouble:
             layers["adapters"] = yield from self._layers(req["adapters"], adapter=True)
         if req.get("quantize") or req.get("quantization"):
             raise CreateError("the test double does not quantize")
+        if self.release.refuses_adapters and any(x["type"] == "adapter" for x in layers["model"]):
+            raise CreateError("LoRA adapters are no longer supported", 400)
         for layer in layers["model"] + layers["adapters"]:
             yield {"status": f"using existing layer {layer['digest']}"}
         if req.get("template"):
             try:
-                render_go(req["template"], [])
+                self.render(req["template"], [])
             except GoTemplateError as e:
                 if "executing" not in str(e):
                     raise CreateError(f"template error: {e}", 400) from None
@@ -239,11 +317,9 @@ class OllamaDouble:
         return found["name"] if found else name
 
     # ---- chat
-    def prompt_for(self, model: dict, messages: list[dict]) -> str:
-        msgs = list(model["messages"]) + [
-            {"role": m["role"], "content": m.get("content", "")} for m in messages]
-        if messages[0]["role"] != "system" and model["system"]:
-            msgs.insert(0, {"role": "system", "content": model["system"]})
+    def render(self, template: str, msgs: list[dict]) -> str:
+        """template.Execute in Messages mode: consecutive same-role messages merged, .System
+        all system messages joined, rendered by Go with this release's functions."""
         collated: list[dict] = []
         for m in msgs:
             if collated and collated[-1]["role"] == m["role"] and m["role"] != "tool":
@@ -251,11 +327,42 @@ class OllamaDouble:
                                 "content": collated[-1]["content"] + "\n\n" + m["content"]}
             else:
                 collated.append(dict(m))
+        system = "\n\n".join(m["content"] for m in collated if m["role"] == "system")
+        return render_go(template, collated, system=system, funcs=self.release.funcs,
+                         tool_call_ids=self.release.tool_call_ids)
+
+    def truncate(self, msgs: list[dict], fits) -> list[dict]:
+        """chatPrompt's cut of the history (server/prompt.go): the messages to render, always
+        with the latest one; `fits(messages)` says whether they fit in num_ctx."""
+        last = len(msgs) - 1
+        if self.release.truncates_from_the_front:
+            for i in range(last + 1):
+                system = [m for m in msgs[:i] if m["role"] == "system"]
+                if i == last or fits(system + msgs[i:]):
+                    return system + msgs[i:]
+        n, system = last, []
+        for i in range(last - 1, -1, -1):
+            system = [m for m in msgs[:i] if m["role"] == "system"]
+            if not fits(system + msgs[i:]):
+                break
+            n = i
+        return system + msgs[n:]
+
+    def prompt_for(self, model: dict, messages: list[dict], num_ctx: int | None = None,
+                   tokenize=None) -> str:
+        """The prompt Ollama builds for a chat: with num_ctx and tokenize (text -> tokens), the
+        history is cut to fit as the release does."""
+        msgs = list(model["messages"]) + [
+            {"role": m["role"], "content": m.get("content", "")} for m in messages]
+        if messages[0]["role"] != "system" and model["system"]:
+            msgs.insert(0, {"role": "system", "content": model["system"]})
         template = model["template"]
         if not template or "Messages" not in template:
             raise CreateError("the test double renders only .Messages templates")
-        system = "\n\n".join(m["content"] for m in collated if m["role"] == "system")
-        return render_go(template, collated, system=system)
+        if num_ctx is not None and tokenize is not None:
+            msgs = self.truncate(msgs, lambda ms: len(tokenize(self.render(template, ms)))
+                                 <= num_ctx)
+        return self.render(template, msgs)
 
     def llm(self, model: dict, num_ctx: int):
         from llama_cpp import Llama
@@ -272,15 +379,20 @@ class OllamaDouble:
                     lora_path=str(adapters[0]["path"]) if adapters else None)
             return self._llms[key]
 
-    def generate(self, model: dict, prompt: str, options: dict):
-        """Yields (text piece, None) then (None, done_reason)."""
+    def load(self, model: dict, options: dict | None):
+        """(llama.cpp model, options) for a chat: the model's parameters under the request's
+        options, and the model loaded with their num_ctx."""
         opts = {**model["parameters"], **(options or {})}
-        stop = opts.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
+        opts["num_ctx"] = int(opts.get("num_ctx") or DEFAULT_NUM_CTX)
         try:
-            llm = self.llm(model, int(opts.get("num_ctx") or 2048))
+            return self.llm(model, opts["num_ctx"]), opts
         except Exception as e:  # the real server reports a runner that failed to load
             raise CreateError(f"llama runner process has terminated: {e}") from None
+
+    def generate(self, llm, prompt: str, opts: dict):
+        """Yields (text piece, None) then (None, done_reason)."""
+        stop = opts.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
         with self._lock:
             # A fresh evaluation each time: llama-cpp-python would otherwise reuse the cached
             # prompt and re-evaluate only its last token, whose logits differ slightly from
@@ -402,8 +514,10 @@ def _handler(double: OllamaDouble):
             if self.path == "/api/version":
                 return self._send(200, {"version": double.version})
             if self.path == "/api/tags":
+                # ListHandler (and 0.30's model list cache) name models DisplayShortest.
                 return self._send(200, {"models": [{
-                    "name": m["name"], "model": m["name"], "modified_at": m["modified_at"],
+                    "name": mfc.display_shortest(m["name"]),
+                    "model": mfc.display_shortest(m["name"]), "modified_at": m["modified_at"],
                     "size": sum(x["size"] for x in m["model"]),
                     "digest": m["model"][0]["digest"].split(":")[1],
                     "details": _details(m)} for m in double.models.values()]})
@@ -478,6 +592,16 @@ def _handler(double: OllamaDouble):
                         return self._error(400, "invalid digest format")
             if not mfc.name_is_valid(body.get("model") or body.get("name") or ""):
                 return self._error(400, "invalid model name")
+            release = double.release
+            if release.refuses_adapters and body.get("adapters"):
+                return self._error(400, "LoRA adapters are no longer supported")
+            if release.refuses_typical_p and "typical_p" in (body.get("parameters") or {}):
+                return self._error(400, "typical_p is no longer supported")
+            gguf = not any(n.endswith(".safetensors") for n in body.get("files") or {})
+            if release.refuses_gguf_quantize and gguf and (body.get("quantize")
+                                                           or body.get("quantization")):
+                return self._error(400, "quantizing is not supported for GGUF imports: quantize "
+                                        "with llama.cpp before creating the model")
             self._stream(double.create(body), body.get("stream", True) is not False)
 
         def _show(self, body: dict):
@@ -488,7 +612,8 @@ def _handler(double: OllamaDouble):
                 return self._error(400, "invalid model name")
             model = double.find(name)
             if model is None:
-                return self._error(404, f"model '{mfc.display_shortest(name)}' not found")
+                shown = mfc.display_shortest(name) if double.release.show_names_shortest else name
+                return self._error(404, f"model '{shown}' not found")
             self._send(200, _show(model))
 
         def _chat(self, body: dict):
@@ -504,15 +629,25 @@ def _handler(double: OllamaDouble):
             if not messages:
                 return self._send(200, {**head, "message": {"role": "assistant", "content": ""},
                                         "done": True, "done_reason": "load"})
+            if double.release.refuses_typical_p and "typical_p" in (body.get("options") or {}):
+                return self._error(400, "typical_p is no longer supported")
             try:
-                prompt = double.prompt_for(model, messages)
+                llm, opts = double.load(model, body.get("options"))
+
+                def tokenize(text):
+                    with double._lock:  # one thread at a time in llama.cpp
+                        return llm.tokenize(text.encode(), add_bos=True, special=True)
+
+                cut = body.get("truncate", True) is not False
+                prompt = double.prompt_for(model, messages, opts["num_ctx"] if cut else None,
+                                           tokenize)
             except (CreateError, GoTemplateError) as e:
                 return self._error(500, str(e))
             double.last_prompt = prompt
             parts: list[str] = []
 
             def events():
-                for piece, reason in double.generate(model, prompt, body.get("options")):
+                for piece, reason in double.generate(llm, prompt, opts):
                     if piece is not None:
                         parts.append(piece)
                         yield {**head, "message": {"role": "assistant", "content": piece},

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from lorahelpers.chat import get_chat_format
 from lorahelpers.modelfile import check_parameters, render_modelfile, write_modelfile
-from tests.gorender import render_go
+from tests.gorender import GoTemplateError, render_go
 from tests.modelfile_check import ModelfileError, check, parse, request
 
 CHATML = get_chat_format("chatml")
@@ -51,7 +51,43 @@ def test_exact_text(tmp_path):
 def test_chatml_text_and_no_empty_system(tmp_path):
     text = render_modelfile(tmp_path / "out" / "model-q8_0.gguf", CHATML, system="")
     assert text == ('FROM ./model-q8_0.gguf\nTEMPLATE """' + CHATML.go_template + '"""\n'
-                    "PARAMETER stop <|im_end|>\nPARAMETER stop <|im_start|>\n")
+                    "PARAMETER stop <|im_end|>\nPARAMETER stop <|im_start|>\n"
+                    "PARAMETER num_ctx 4096\n")
+
+
+@pytest.mark.parametrize("max_seq_length, parameters, num_ctx", [
+    (None, None, 4096), (256, None, 2048), (2048, None, 2048), (2049, None, 4096),
+    (5000, {"num_ctx": 1000}, 1000)])
+def test_num_ctx_from_the_training_length_rounded_up(tmp_path, max_seq_length, parameters,
+                                                     num_ctx):
+    text = render_modelfile(tmp_path / "m.gguf", CHATML, parameters=parameters,
+                            max_seq_length=max_seq_length)
+    assert check(text).parameters["num_ctx"] == num_ctx
+    assert text.count("PARAMETER num_ctx") == 1
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2048.0, True, "512"])
+def test_a_bad_training_length_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="max_seq_length must be a positive int.*Fix:"):
+        render_modelfile(tmp_path / "m.gguf", CHATML, max_seq_length=bad)
+
+
+@pytest.mark.parametrize("version", ["0.12.6", "0.32.15", "0.34.0", "0.34.1", "0.34.2",
+                                     "0.0.0", None])
+def test_the_writer_follows_the_version_rules_of_the_checker(tmp_path, version):
+    (tmp_path / "b.gguf").write_bytes(b"GGUF")
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    checker = version or "0.33.0"  # no version: what some release accepts
+    for kwargs in ({"adapter": tmp_path / "a.gguf"}, {"parameters": {"typical_p": 0.5}}):
+        try:
+            text = render_modelfile(tmp_path / "b.gguf", CHATML, version=version, **kwargs)
+        except ValueError as e:
+            assert "Fix:" in str(e) and version in str(e)
+            with pytest.raises(ModelfileError, match="no longer supported"):
+                written = render_modelfile(tmp_path / "b.gguf", CHATML, **kwargs)
+                request(written, tmp_path, checker)
+        else:
+            request(text, tmp_path, checker)  # the checker of that release accepts it
 
 
 def test_adapter_mode_and_paths_relative_to_the_modelfile(tmp_path):
@@ -61,13 +97,13 @@ def test_adapter_mode_and_paths_relative_to_the_modelfile(tmp_path):
     assert text.splitlines()[:2] == ["FROM ../base/b.gguf", "ADAPTER ./~lora.gguf"]
     # before the files exist, Ollama's CLI would take FROM as a model name to pull
     with pytest.raises(ModelfileError, match="no such file"):
-        request(text, tmp_path / "run")
+        request(text, tmp_path / "run", "0.33.0")
     for path in (base, lora):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"GGUF")
-    assert request(text, tmp_path / "run") == {
+    assert request(text, tmp_path / "run", "0.33.0") == {
         "files": [str(base)], "adapters": [str(lora)], "template": "{{ .Prompt }}",
-        "parameters": {"stop": ["</s>"]}}
+        "parameters": {"stop": ["</s>"], "num_ctx": 4096}}
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
@@ -79,7 +115,7 @@ def test_every_format_reads_back_exactly(tmp_path, fmt):
     mf = check(text)
     assert mf.one("template") == fmt.go_template
     assert mf.one("system") == system
-    assert mf.parameters == {"stop": list(fmt.stop), "top_k": 40}
+    assert mf.parameters == {"stop": list(fmt.stop), "top_k": 40, "num_ctx": 4096}
     assert request(text, tmp_path)["files"] == [str(gguf)]
 
 
@@ -153,7 +189,7 @@ pieces = st.lists(st.sampled_from(['"', '"""', "\n", " ", "x", "\u200b", "{{ .Sy
 def test_any_template_reads_back_or_renders_the_same(tmp_path_factory, template):
     try:
         render_go(template, [])
-    except Exception:
+    except GoTemplateError:
         return  # not a template Go accepts; Ollama's create would reject it anyway
     text = render_modelfile(tmp_path_factory.getbasetemp() / "m.gguf", Fmt(template))
     written = check(text).one("template")

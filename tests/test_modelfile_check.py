@@ -3,6 +3,8 @@ words (cases from parser/parser.go's behaviour and the reference notes)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.modelfile_check import (
@@ -128,11 +130,40 @@ def test_request_resolves_paths_like_the_cli(tmp_path):
     sub.mkdir()
     (sub / "a.gguf").write_bytes(b"GGUF")
     text = "FROM ./m.gguf\nADAPTER sub/a.gguf\nSYSTEM s\nPARAMETER stop x\n"
-    assert request(text, tmp_path) == {
+    assert request(text, tmp_path, "0.33.0") == {
         "files": [str(tmp_path / "m.gguf")], "adapters": [str(sub / "a.gguf")],
         "system": "s", "parameters": {"stop": ["x"]}}
     # a FROM that is no file is a model name, pulled by the server
     assert request("FROM ./missing.gguf\n", tmp_path) == {"from": "./missing.gguf"}
+
+
+# ---- what changed between releases
+
+def test_adapter_and_typical_p_are_refused_from_0_34_1(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    for version in ("0.12.6", "0.32.15", "0.34.0"):
+        assert check("FROM x\nADAPTER ./a.gguf\nPARAMETER typical_p 0.5\n", version).parameters \
+            == {"typical_p": 0.5}
+    for version in ("0.34.1", "0.34.2-rc0", "0.40.0", "0.0.0"):
+        with pytest.raises(ModelfileError, match="^LoRA adapters are no longer supported$"):
+            request("FROM ./m.gguf\nADAPTER ./m.gguf\n", tmp_path, version)
+        with pytest.raises(ModelfileError, match="^typical_p is no longer supported$"):
+            check("FROM x\nPARAMETER typical_p 0.5\n", version)
+
+
+def test_commands_and_parameters_each_release_knows():
+    old = ('(line 2): command must be one of "from", "license", "template", "system", '
+           '"adapter", "renderer", "parser", "parameter", or "message"')
+    with pytest.raises(ModelfileError, match=re.escape(old)):
+        parse("FROM x\nREQUIRES 0.14.0\n", "0.12.6")
+    with pytest.raises(ModelfileError, match=r'"message", or "requires"$'):
+        parse("FROM x\nDRAFT ./d.gguf\n", "0.14.0")
+    assert parse("FROM x\nDRAFT ./d.gguf\n", "0.23.1").one("draft") == "./d.gguf"
+    assert check("FROM x\nREQUIRES 0.14.0\n", "0.14.0").one("requires") == "0.14.0"
+    with pytest.raises(ModelfileError, match="unknown parameter 'draft_num_predict'"):
+        check("FROM x\nPARAMETER draft_num_predict 4\n", "0.24.0")
+    assert check("FROM x\nPARAMETER draft_num_predict 4\n", "0.30.0").parameters == {
+        "draft_num_predict": 4}
 
 
 # ---- model names

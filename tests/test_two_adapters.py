@@ -1,7 +1,8 @@
 """Two LoRA adapters over one base (lorahelpers.adapters and the namer sample data): the score
 tables line models up correctly, the base checkpoint carries the training template without
-copying weights, and two adapter GGUFs over one base GGUF behave in llama.cpp and Ollama as
-their PyTorch models do, sharing the base file."""
+copying weights, two adapter GGUFs over one base GGUF behave in llama.cpp as their PyTorch
+models do, and in Ollama they become two models on every release: adapter layers sharing the
+base file where adapters are accepted, merged models from 0.34.1."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from lorahelpers.adapters import TaskScores, base_with_template
 from lorahelpers.chat import get_chat_format
+from tests.ollama_double import VERSIONS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CHATML = get_chat_format("chatml")
@@ -173,16 +175,40 @@ def two_adapters(embedded_path, tmp_path_factory):
     quiet = lambda s: None  # noqa: E731
     base_dir = base_with_template(embedded_path, CHATML, tmp / "base", progress=quiet)
     base_gguf = export_gguf(base_dir, tmp / "gguf", "base", ("f16",), progress=quiet)["f16"]
-    models, ggufs = {}, {}
+    models, ggufs, adapter_dirs = {}, {}, {}
     for name, kwargs in (("first", {"r": 8}), ("second", {"r": 4, "lora_alpha": 16})):
         stand_in = make_stand_in(embedded_path, tmp / name, **kwargs)
         models[name] = stand_in.model
+        adapter_dirs[name] = stand_in.adapter_dir
         ggufs[name] = export_adapter_gguf(stand_in.adapter_dir, base_dir,
                                           tmp / "gguf" / f"{name}.gguf", progress=quiet)
     tasks = {"tag": [conv(r) for r in rows("alpaca_eval.jsonl")[:3]],
              "name": [conv(r) for r in rows("extract_eval.jsonl")[:3]]}
     return SimpleNamespace(base_gguf=base_gguf, models=models, ggufs=ggufs, tasks=tasks,
-                           tokenizer=stand_in.tokenizer)
+                           tokenizer=stand_in.tokenizer, base_dir=base_dir,
+                           adapter_dirs=adapter_dirs, tmp=tmp)
+
+
+@pytest.fixture(scope="module")
+def merged_gguf(two_adapters):
+    """name -> that adapter merged into the base as an f16 GGUF, made on first call (what the
+    notebook registers where Ollama refuses adapters)."""
+    from lorahelpers.export import export_gguf
+    from lorahelpers.merge import merge_lora
+
+    t, made = two_adapters, {}
+    quiet = lambda s: None  # noqa: E731
+
+    def make(name):
+        if name not in made:
+            out = t.tmp / f"{name}-merged"
+            merge_lora(t.adapter_dirs[name], out, base_dir=t.base_dir, chat_format=CHATML,
+                       progress=quiet)
+            made[name] = export_gguf(out, t.tmp / "gguf", f"{name}-merged", ("f16",),
+                                     progress=quiet)["f16"]
+        return made[name]
+
+    return make
 
 
 def conv(row):
@@ -215,7 +241,8 @@ def test_each_adapter_gguf_over_the_base_answers_like_its_pytorch_model(two_adap
 
 
 @pytest.mark.slow
-def test_two_ollama_models_share_one_uploaded_base(two_adapters):
+@pytest.mark.parametrize("version", VERSIONS[1:])  # one that accepts adapters, one that refuses
+def test_two_ollama_models_on_each_release(two_adapters, merged_gguf, version):
     from lorahelpers import ollama
     from tests.ollama_double import OllamaDouble
     from tests.test_ollama_e2e import greedy
@@ -223,18 +250,27 @@ def test_two_ollama_models_share_one_uploaded_base(two_adapters):
     t = two_adapters
     messages = t.tasks["tag"][0][:-1]
     prompt = CHATML.render(messages, add_generation_prompt=True)
-    replies = {}
-    with OllamaDouble() as double:
+    replies, modes = {}, {}
+    with OllamaDouble(version) as double:
+        refused = double.release.refuses_adapters
         for name, adapter in t.ggufs.items():
-            ollama.register(f"reviews-{name}", t.base_gguf, CHATML, host=double.url,
-                            adapter=adapter, progress=lambda s: None)
+            info = ollama.register(f"reviews-{name}", t.base_gguf, CHATML, host=double.url,
+                                   adapter=adapter, merged=lambda name=name: merged_gguf(name),
+                                   progress=lambda s: None)
+            modes[name] = info["registration"]
         for name, adapter in t.ggufs.items():
             replies[name] = ollama.chat(f"reviews-{name}", messages, host=double.url,
                                         stream=False, options={"num_predict": 24})
             assert double.last_prompt == prompt
-            assert replies[name] == greedy(t.base_gguf, prompt, CHATML.stop, adapter, 24)[1]
+            model, lora = (merged_gguf(name), None) if refused else (t.base_gguf, adapter)
+            assert replies[name] == greedy(model, prompt, CHATML.stop, lora, 24)[1]
         uploads = double.uploads
-    assert uploads.count(ollama.sha256_file(t.base_gguf)) == 1
-    assert sorted(uploads) == sorted([ollama.sha256_file(t.base_gguf)]
-                                     + [ollama.sha256_file(p) for p in t.ggufs.values()])
     assert replies["first"] != replies["second"]
+    if refused:  # 0.34.1 and later: two merged models, no adapter sent
+        assert set(modes.values()) == {"merged model"}
+        assert sorted(uploads) == sorted(ollama.sha256_file(merged_gguf(n)) for n in t.ggufs)
+    else:  # adapter layers over one base, uploaded once
+        assert set(modes.values()) == {"adapter layer"}
+        assert uploads.count(ollama.sha256_file(t.base_gguf)) == 1
+        assert sorted(uploads) == sorted([ollama.sha256_file(t.base_gguf)]
+                                         + [ollama.sha256_file(p) for p in t.ggufs.values()])

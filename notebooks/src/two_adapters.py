@@ -9,9 +9,10 @@
 # * the **tagger** answers `Tag the review.` with `POS` or `NEG`;
 # * the **namer** answers `Name the product.` with the product the review is about.
 #
-# Both are exported as adapter GGUFs that run over **one** base GGUF, checked against their
-# PyTorch models, asked the same prompts side by side, and registered as two Ollama models
-# that share the one base file.
+# Both are exported as adapter GGUFs that run over **one** base GGUF in llama.cpp, checked
+# against their PyTorch models, asked the same prompts side by side, and registered as two
+# Ollama models: adapter layers sharing the one base file on Ollama releases that accept
+# adapters, and each adapter merged into its own model on 0.34.1 and later, which refuse them.
 #
 # * **On a Colab GPU** the base is an Unsloth 4-bit Llama-3.2-3B-Instruct (its GGUF is made
 #   from the 16-bit original).
@@ -218,13 +219,15 @@ gguf_scores.side_by_side(3)
 # %% [markdown]
 # ## The Modelfiles: FROM the base, ADAPTER on top
 # Two Modelfiles, one per adapter, both naming the same base file. TEMPLATE and stop strings
-# come from the chat format both adapters were trained with.
+# come from the chat format both adapters were trained with; `num_ctx` from the training
+# `max_seq_length`, rounded up.
 
 # %%
 from lorahelpers.modelfile import write_modelfile
 
 modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system or None,
-                                    adapter=adapter, path=out / "gguf" / f"Modelfile.{name}")
+                                    adapter=adapter, path=out / "gguf" / f"Modelfile.{name}",
+                                    max_seq_length=params.max_seq_length)
               for name, adapter in adapter_ggufs.items()}
 for name, path in modelfiles.items():
     keep(path, keep_dir, root=params.output_dir)
@@ -232,25 +235,42 @@ for name, path in modelfiles.items():
 
 # %% [markdown]
 # ### Which Ollama versions accept `ADAPTER`
-# * GGUF LoRA adapters (`general.type` = `adapter`, as written above) are accepted through the
-#   REST API's `/api/create` (`adapters`) since **Ollama 0.5.5**; `register` uses that API
-#   and refuses older servers.
-# * The `ollama create -f Modelfile` command is less reliable: a report says **0.34.1**'s CLI
-#   rejects `ADAPTER` lines. If yours does, register through the API as below, or merge the
-#   adapter into the base instead (the Alpaca notebook's path).
+# | Ollama | LoRA adapter GGUF (`ADAPTER`, REST `adapters`) | What `register` does |
+# |---|---|---|
+# | before 0.5.5 | no structured `/api/create` | refuses the server: upgrade |
+# | 0.5.5 - 0.24 | accepted, one per model | base + adapter layer |
+# | 0.30 - 0.34.0 | accepted, one per model (llama-server applies it) | base + adapter layer |
+# | 0.34.1 and later | refused: *LoRA adapters are no longer supported* | registers the merged model |
+#
 # * **One adapter per model.** To use both skills at once, train one adapter on both tasks.
 # * Ollama does **not** check that `FROM` is the base the adapter was trained on: over another
 #   base it may fail to load or, worse, load and answer nonsense. Keep each adapter with the
 #   base GGUF it was made for.
+# * llama.cpp itself keeps loading adapter GGUFs over a base, as the cells above do.
 
 # %% [markdown]
 # ## Register both with Ollama
-# Two models over one base: the base GGUF is uploaded once and shared, each model adds only
-# its adapter. On Colab this starts an Ollama server (installed by the set-up cell); elsewhere
-# it uses one you started with `ollama serve`, or skips this step with the reason.
+# `register` asks the server its version first. Where adapters are accepted, both models share
+# the one uploaded base and each adds only its adapter. Where they are refused (0.34.1 and
+# later), it says so and registers the adapter merged into the base instead, made here only
+# then (a merge and one GGUF per adapter). On Colab this starts an Ollama server (installed by
+# the set-up cell); elsewhere it uses one you started with `ollama serve`, or skips this step
+# with the reason.
 
 # %%
 from lorahelpers import ollama
+from lorahelpers.merge import merge_lora
+
+runs = {"tagger": tagger_run, "namer": namer_run}
+
+
+def merged_gguf(name):
+    """The adapter merged into the base checkpoint, as one GGUF of the base's type."""
+    merged = merge_lora(runs[name].adapter_dir, out / f"{name}-merged", base_dir=base_dir,
+                        chat_format=chat_format)
+    return export_gguf(merged.out_dir, out / "gguf", f"{name}-merged",
+                       params.quants[:1])[params.quants[0]]
+
 
 if runtime.colab:
     server = ollama.start_server(install=True)
@@ -260,8 +280,11 @@ if version is None:
           "lorahelpers.ollama.start_server(install=True) on Colab)")
 else:
     for name, adapter in adapter_ggufs.items():
-        ollama.register(f"{params.ollama_name}-{name}", base_gguf, chat_format,
-                        system=params.system or None, adapter=adapter)
+        info = ollama.register(f"{params.ollama_name}-{name}", base_gguf, chat_format,
+                               system=params.system or None, adapter=adapter,
+                               merged=lambda name=name: merged_gguf(name),
+                               max_seq_length=params.max_seq_length)
+        print(f"{params.ollama_name}-{name}: {info['registration']} on Ollama {version}")
     for task, rows in tasks.items():
         question = rows[0][:-1]
         print(f"\nQ: {question[-1]['content']}")
