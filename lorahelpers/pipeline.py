@@ -280,7 +280,8 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
     return bundle
 
 
-def register_or_skip(name, gguf, chat_format, system=None, host=None, progress=print):
+def register_or_skip(name, gguf, chat_format, system=None, host=None, progress=print,
+                     max_seq_length=None):
     """Register with Ollama when a server answers; else (None, one-line reason)."""
     from lorahelpers.ollama import register, server_available
 
@@ -288,7 +289,8 @@ def register_or_skip(name, gguf, chat_format, system=None, host=None, progress=p
     if version is None:
         return None, ("skipped: no Ollama server answers (start one with `ollama serve`, or "
                       "lorahelpers.ollama.start_server(install=True) on Colab)")
-    info = register(name, gguf, chat_format, host=host, system=system, progress=progress)
+    info = register(name, gguf, chat_format, host=host, system=system, progress=progress,
+                    max_seq_length=max_seq_length)
     return info, f"registered as {name!r} with Ollama {version}"
 
 
@@ -383,12 +385,14 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
                    score_ggufs(bundle.ggufs, data.eval, fmt, tokenizer, params.scorer,
                                progress=progress).items()}
     first = bundle.ggufs[params.quants[0]]
-    modelfile = write_modelfile(first, fmt, system=params.system or None)
+    modelfile = write_modelfile(first, fmt, system=params.system or None,
+                                max_seq_length=params.max_seq_length)
     for path in (*bundle.ggufs.values(), modelfile):  # to Google Drive or keep_dir, if any
         keep(path, keep_folder(params.keep_dir, params.output_dir), root=out)
     step("Registering with Ollama")
     _, ollama_status = register_or_skip(params.ollama_name, first, fmt, params.system or None,
-                                        progress=progress)
+                                        progress=progress,
+                                        max_seq_length=params.max_seq_length)
     progress(f"  {ollama_status}")
     summary = DemoSummary(params, before, after, gguf_scores, bundle, modelfile, ollama_status,
                           loss_plot, result.elapsed_s, time.perf_counter() - t0)

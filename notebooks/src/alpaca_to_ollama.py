@@ -168,7 +168,8 @@ Comparison(scores, after.n)
 from lorahelpers.modelfile import write_modelfile
 
 gguf = export.ggufs[params.quants[0]]
-modelfile = write_modelfile(gguf, chat_format, system=params.system or None)
+modelfile = write_modelfile(gguf, chat_format, system=params.system or None,
+                            max_seq_length=params.max_seq_length)
 keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
 
@@ -183,7 +184,8 @@ from lorahelpers.pipeline import register_or_skip
 
 if runtime.colab:
     server = ollama.start_server(install=True)
-info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system or None)
+info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system or None,
+                                max_seq_length=params.max_seq_length)
 print(status)
 if info is not None:
     ollama.chat(params.ollama_name, question)
