@@ -95,9 +95,62 @@ def embedded_gemma(progress=print) -> Path:
         with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as tmp:
             gguf = package.assemble(Path(tmp) / package.MODEL_NAME)
             _materialize(gguf, out, "gemma-3-270m")
+            # transformers reads this vocabulary as a Unigram model, which splits text into
+            # single characters; rebuild it as the BPE that llama.cpp runs.
+            spm_bpe_tokenizer(gguf).save_pretrained(out)
 
     return _cached_checkpoint(cache_dir() / f"gemma-3-270m-{version}", build, progress,
                               "about a minute")
+
+
+def spm_bpe_tokenizer(gguf: Path):
+    """A fast tokenizer for a GGUF whose vocabulary is SentencePiece BPE (tokenizer.ggml.model
+    "llama", scores ranking the merges, as in Gemma), tokenizing as llama.cpp does: merges in
+    score order, byte fallback, control tokens special, user-defined tokens kept whole.
+
+    >>> spm_bpe_tokenizer(Path("gemma-3-270m-q4_k_m.gguf"))("Hi")["input_ids"]  # doctest: +SKIP
+    [2, 10979]
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    fields = GGUFReader(gguf).fields
+
+    def value(key, default=None):
+        return fields[key].contents() if key in fields else default
+
+    if value("tokenizer.ggml.model") != "llama" or value("tokenizer.ggml.add_space_prefix", 1):
+        raise ModelError(f"{gguf}: not a SentencePiece BPE vocabulary without a space prefix; "
+                         "Fix: load its tokenizer with AutoTokenizer.from_pretrained(gguf_file=)")
+    tokens, scores = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores")
+    types = value("tokenizer.ggml.token_type")
+    ids = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for i in sorted((i for i, k in enumerate(types) if k == 1), key=lambda i: -scores[i]):
+        piece = tokens[i]
+        pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece))
+                 if piece[:k] in ids and piece[k:] in ids]
+        merges += sorted(pairs, key=lambda p: (ids[p[0]], ids[p[1]]))
+    name = {k: tokens[value(f"tokenizer.ggml.{k}_token_id")] for k in ("bos", "eos", "unknown")}
+    backend = Tokenizer(models.BPE(vocab=ids, merges=merges, unk_token=name["unknown"],
+                                   fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "),
+                                         decoders.ByteFallback(), decoders.Fuse()])
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, k in zip(tokens, types, strict=True) if k == 3])
+    backend.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types,
+                                                                        strict=True) if k == 4])
+    if value("tokenizer.ggml.add_bos_token", 0):
+        bos = name["bos"]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])])
+    pad_id = value("tokenizer.ggml.padding_token_id")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=name["bos"], eos_token=name["eos"],
+        unk_token=name["unknown"], pad_token=tokens[pad_id] if pad_id is not None else None,
+        add_bos_token=bool(value("tokenizer.ggml.add_bos_token", 0)), add_eos_token=False)
 
 
 def _cached_checkpoint(target: Path, build, progress, duration: str) -> Path:
