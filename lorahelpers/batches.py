@@ -57,7 +57,8 @@ def encode_with_labels(tokenizer, text: str, spans: list[tuple[int, int]],
     the answer's ids are how it continues that prompt: the rest of the whole text's
     tokenization when the prompt's tokens are a prefix of it, else the answer tokenized on its
     own (a prompt ending in a space followed by " POS" would otherwise lose the answer's first
-    token to the prompt).
+    token to the prompt). In a multi-turn conversation a later prompt holds the earlier
+    answers as they were learnt; its text is the same, its tokens may differ at a seam.
 
     >>> ids, labels = encode_with_labels(tok, "Label: POS</s>", [(7, 14)])  # doctest: +SKIP
     >>> tok.decode([t for t in labels if t != IGNORE])  # doctest: +SKIP
