@@ -4,6 +4,7 @@ loading, LoRA."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import importlib.util
 import os
 import shutil
@@ -98,6 +99,8 @@ def embedded_gemma(progress=print) -> Path:
             # transformers reads this vocabulary as a Unigram model, which splits text into
             # single characters; rebuild it as the BPE that llama.cpp runs.
             spm_bpe_tokenizer(gguf).save_pretrained(out)
+            # llama.cpp's converter takes a Gemma vocabulary only from tokenizer.model.
+            write_sentencepiece_model(gguf, out / "tokenizer.model")
 
     return _cached_checkpoint(cache_dir() / f"gemma-3-270m-{version}", build, progress,
                               "about a minute")
@@ -151,6 +154,39 @@ def spm_bpe_tokenizer(gguf: Path):
         tokenizer_object=backend, bos_token=name["bos"], eos_token=name["eos"],
         unk_token=name["unknown"], pad_token=tokens[pad_id] if pad_id is not None else None,
         add_bos_token=bool(value("tokenizer.ggml.add_bos_token", 0)), add_eos_token=False)
+
+
+def write_sentencepiece_model(gguf: Path, path: Path) -> Path:
+    """Write the SentencePiece BPE model (tokenizer.model) that a GGUF's vocabulary came from:
+    pieces, scores and types as stored, no space prefix, byte fallback.
+
+    >>> write_sentencepiece_model(Path("gemma.gguf"), Path("ckpt/tokenizer.model"))  # doctest: +SKIP
+    """
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    fields = GGUFReader(gguf).fields
+    tokens, scores, types = (fields[f"tokenizer.ggml.{k}"].contents()
+                             for k in ("tokens", "scores", "token_type"))
+    unk = fields["tokenizer.ggml.unknown_token_id"].contents()
+    model = spm.ModelProto()
+    spec = model.trainer_spec
+    spec.model_type, spec.vocab_size, spec.byte_fallback = spm.TrainerSpec.BPE, len(tokens), True
+    spec.split_by_whitespace = False  # llama.cpp merges across spaces too
+    for key in ("unk", "bos", "eos", "pad"):
+        name = "unknown" if key == "unk" else ("padding" if key == "pad" else key)
+        setattr(spec, f"{key}_id", fields[f"tokenizer.ggml.{name}_token_id"].contents())
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    model.normalizer_spec.remove_extra_whitespaces = False
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        # GGUF token types number SentencePiece's piece types (1 normal ... 6 byte)
+        model.pieces.add(piece=piece, score=score, type=2 if i == unk else kind)
+    path.write_bytes(model.SerializeToString())
+    # The converter reads user-defined pieces (whitespace runs, line breaks) from here only.
+    user = {t: i for i, (t, k) in enumerate(zip(tokens, types, strict=True)) if k == 4}
+    (path.parent / "added_tokens.json").write_text(json.dumps(user, ensure_ascii=False))
+    return path
 
 
 def _cached_checkpoint(target: Path, build, progress, duration: str) -> Path:
