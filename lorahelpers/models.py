@@ -368,9 +368,11 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
     """
     import torch
 
-    from .chat import ChatFormat, get_chat_format, install_chat_template
+    from .chat import ChatFormat, detect_chat_format, get_chat_format, install_chat_template
 
     source = _check_source(str(embedded_base() if name_or_path is None else name_or_path))
+    if Path(source).is_dir():
+        refuse_unexportable(json.loads((Path(source) / "config.json").read_text()), source)
     backend = _resolve_backend(backend)
     cuda = torch.cuda.is_available()
     if load_in_4bit and not cuda:
@@ -395,6 +397,7 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         if isinstance(err, (OSError, ValueError)):
             raise ModelError(f"cannot load the checkpoint in {source}: {err}") from err
         raise
+    refuse_unexportable(model.config.to_dict(), source)
     model.lorahelpers_backend = backend
     model.lorahelpers_max_seq_length = max_seq_length
     tokenizer.model_max_length = max_seq_length
@@ -405,9 +408,39 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         model.config.pad_token_id = tokenizer.pad_token_id
     if chat_format is not None:
         fmt = chat_format if isinstance(chat_format, ChatFormat) else \
-            get_chat_format(chat_format, eos=tokenizer.eos_token)
+            get_chat_format(chat_format, eos=tokenizer.eos_token, tokenizer=tokenizer)
+        if chat_format == "auto":
+            print(f"chat_format='auto': {fmt.name} ({detect_chat_format(tokenizer)[1]})")
         install_chat_template(tokenizer, fmt)
     return model, tokenizer
+
+
+def refuse_unexportable(config: dict, where) -> None:
+    """Raise UnsupportedArchitectureError, before any training, when llama.cpp's converter
+    cannot take the architecture named in a model config (checked when the converter is cached;
+    without it nothing is known yet, and export says so later).
+
+    >>> refuse_unexportable({"architectures": ["OPTForCausalLM"]}, "facebook/opt-125m")  # doctest: +SKIP
+    Traceback (most recent call last):
+    UnsupportedArchitectureError: facebook/opt-125m: architecture 'OPTForCausalLM' is not ...
+    """
+    arches = config.get("architectures") or (config.get("text_config") or {}).get(
+        "architectures") or []
+    if not arches:
+        return
+    from .llamacpp import (
+        converter_dir,
+        converter_is_cached,
+        llama_cpp_version,
+        supported_architectures,
+        unsupported_architecture,
+    )
+
+    if not converter_is_cached():
+        return
+    known = supported_architectures(converter_dir())
+    if known is not None and arches[0] not in known:
+        raise unsupported_architecture(arches[0], where, llama_cpp_version())
 
 
 def _load_transformers(source: str, torch_dtype, cuda: bool, load_in_4bit: bool | None):

@@ -32,6 +32,10 @@ class Thresholds:
     max_nmse: float     # mean squared logit error / variance of the reference logits
     min_greedy: float   # fraction of prompts whose greedy continuation is identical
     source: str
+    # Of the positions where the adapter changes the reference's top token, the fraction where
+    # the candidate picks the adapted token: a quantized export must keep what was learnt,
+    # which KL alone cannot tell on small models (their quantization noise is as large).
+    min_adapter_kept: float = 0.5
 
 
 # Where the limits come from. llama.cpp's published KL / same-top-token figures against FP16
@@ -91,6 +95,8 @@ class VerifyReport:
     nmse: float
     greedy_match: float
     notes: list[str] = field(default_factory=list)
+    adapter_kept: float | None = None  # None: no adapter to compare, or it changed no top token
+    adapter_positions: int = 0
 
     @property
     def failures(self) -> list[str]:
@@ -107,6 +113,9 @@ class VerifyReport:
             out.append(f"NMSE {self.nmse:.3g} > {lim.max_nmse:g}")
         if self.greedy_match < lim.min_greedy:
             out.append(f"greedy answers match {self.greedy_match:.0%} < {lim.min_greedy:.0%}")
+        if self.adapter_kept is not None and self.adapter_kept < lim.min_adapter_kept:
+            out.append(f"adapter's top-token changes kept {self.adapter_kept:.0%} < "
+                       f"{lim.min_adapter_kept:.0%} (of {self.adapter_positions})")
         return out
 
     @property
@@ -124,6 +133,9 @@ class VerifyReport:
             ("max KL (nats)", f"{self.max_kl:.2e}", ""),
             ("NMSE of logits", f"{self.nmse:.2e}", f"<= {lim.max_nmse:g}"),
             ("greedy answers identical", f"{self.greedy_match:.0%}", f">= {lim.min_greedy:.0%}"),
+            ("adapter changes kept", "not checked" if self.adapter_kept is None else
+             f"{self.adapter_kept:.0%} of {self.adapter_positions}",
+             f">= {lim.min_adapter_kept:.0%}"),
         ]
 
     def status(self) -> str:
@@ -195,7 +207,8 @@ def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = No
         stats = _Stats()
         greedy_same = 0
         for ids, seq, answer in zip(prompt_ids, sequences, answers, strict=True):
-            stats.add(seq, reference.logits(seq), candidate.logits(seq))
+            stats.add(seq, reference.logits(seq), candidate.logits(seq),
+                      reference.base_logits(seq))
             mine = candidate.greedy(ids, max_new_tokens, eos)
             greedy_same += mine == answer
             if mine != answer and len(notes) < 8:
@@ -206,7 +219,9 @@ def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = No
     report = VerifyReport(str(artifact), kind, THRESHOLDS[kind.split("+")[0]], len(texts),
                           stats.n, tokens_match, template_match, stats.top1 / stats.n,
                           stats.kl / stats.n, stats.max_kl, stats.nmse(),
-                          greedy_same / len(texts), notes)
+                          greedy_same / len(texts), notes,
+                          stats.adapter_kept / stats.adapter_n if stats.adapter_n else None,
+                          stats.adapter_n)
     return report.raise_if_failed() if strict else report
 
 
@@ -238,26 +253,34 @@ class _Stats:
     agreeing if the candidate picks either (which of them wins is rounding, not the export)."""
 
     TIE = 0.01
+    CLEAR = 0.5  # logits by which the adapter's top token must beat the base's to count
 
     def __init__(self):
+        self.adapter_n = self.adapter_kept = 0
         self.seen: set[tuple[int, ...]] = set()
         self.n = self.top1 = 0
         self.kl = self.max_kl = 0.0
         self.sq_err = self.sum_ref = self.sum_ref2 = 0.0
         self.count = 0
 
-    def add(self, ids: list[int], ref: np.ndarray, cand: np.ndarray) -> None:
+    def add(self, ids: list[int], ref: np.ndarray, cand: np.ndarray,
+            base: np.ndarray | None = None) -> None:
         fresh = [i for i in range(len(ids)) if tuple(ids[: i + 1]) not in self.seen]
         self.seen.update(tuple(ids[: i + 1]) for i in fresh)
         ref, cand = ref[fresh].astype(np.float64), cand[fresh].astype(np.float64)
+        rows = np.arange(len(ref))
+        agree = ref[rows, cand.argmax(axis=1)] >= ref.max(axis=1) - self.TIE
+        if base is not None:
+            changed = ref[rows, base[fresh].argmax(axis=1)] < ref.max(axis=1) - self.CLEAR
+            self.adapter_n += int(changed.sum())
+            self.adapter_kept += int((agree & changed).sum())
         log_p = ref - _logsumexp(ref)
         log_q = cand - _logsumexp(cand)
         kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
         self.n += len(ref)
         self.kl += float(kl.sum())
         self.max_kl = max(self.max_kl, float(kl.max(initial=0.0)))
-        picked = ref[np.arange(len(ref)), cand.argmax(axis=1)]
-        self.top1 += int((picked >= ref.max(axis=1) - self.TIE).sum())
+        self.top1 += int(agree.sum())
         self.sq_err += float(((cand - ref) ** 2).sum())
         self.sum_ref += float(ref.sum())
         self.sum_ref2 += float((ref ** 2).sum())
@@ -287,6 +310,13 @@ class _TorchRunner:
         with torch.no_grad(), _eval_mode(self.model):
             out = self.model(input_ids=torch.tensor([ids], device=device)).logits[0]
         return out.float().cpu().numpy()
+
+    def base_logits(self, ids: list[int]) -> np.ndarray | None:
+        """The logits with the LoRA switched off (None: not a PEFT model)."""
+        if not hasattr(self.model, "disable_adapter") or not hasattr(self.model, "peft_config"):
+            return None
+        with self.model.disable_adapter():
+            return self.logits(ids)
 
     def greedy(self, ids: list[int], n: int, eos: set[int]) -> list[int]:
         # A fresh GenerationConfig: plain argmax, none of the model's sampling or penalties.
