@@ -123,3 +123,24 @@ def test_each_builtin_renders_alike_in_python_jinja_and_go(name):
     fmt = get_chat_format(name, eos="</s>")
     for messages in ([U], [S, U], [U, A, U2], CONV, [S, U, A, U2, A, U]):
         all_renders(fmt, messages)
+
+
+PROBES = [[U], [S, U], [S, U, A, U2], [U, A, U2], [{"role": "user", "content": " spaced \n"}]]
+
+
+def test_chatml_matches_smollm2s_own_template_but_for_its_default_system_prompt(
+        embedded_tokenizer):
+    # The embedded tokenizer still carries SmolLM2's own template. The one deliberate
+    # difference: without a system message it inserts a default one; chatml does not (it
+    # would double the tokens of short training examples and be trained into every answer).
+    own = embedded_tokenizer.chat_template
+    assert own and "<|im_start|>" in own
+    assert detect_chat_format(embedded_tokenizer)[0] == "chatml"
+    fmt = get_chat_format("chatml")
+    default = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+               "Hugging Face<|im_end|>\n")
+    for messages in PROBES:
+        theirs = embedded_tokenizer.apply_chat_template(messages, tokenize=False,
+                                                        add_generation_prompt=True)
+        ours = fmt.render(messages, add_generation_prompt=True)
+        assert theirs == (ours if messages[0]["role"] == "system" else default + ours)
