@@ -4,8 +4,8 @@ loading, LoRA."""
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import importlib.util
+import json
 import os
 import shutil
 import tempfile

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from lorahelpers.chat import BUILTIN, detect_chat_format, get_chat_format
-from tests.test_chat import A, S, U, U2, all_renders
+from tests.test_chat import U2, A, S, U, all_renders
 
 CONV = [S, U, A, U2]
 
