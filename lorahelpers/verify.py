@@ -52,22 +52,28 @@ class Thresholds:
 # by far (the base model without its adapter: KL 0.3). On a model this small the 4-5 bit
 # types lose almost as much as that, so its demo exports q8_0; they are meant for models of
 # 1B parameters and more, where llama.cpp's figures above apply.
+# Hence the last limit, min_adapter_kept: where the LoRA changes the PEFT model's top token
+# (30 of 157 positions for the stand-in adapter), the export must pick the adapted one. Measured
+# on SmolLM2-135M: correct exports keep f16 100 %, bf16 100 %, q8_0 97 %, q5_k_m 80 %,
+# q4_k_m 73 %; the base GGUF without its adapter keeps 0 % (f16; KL 0.32, which the 4-5 bit
+# KL limit of 0.3 could not tell from a correct q4_k_m/q5_k_m export).
 THRESHOLDS = {
     "merged": Thresholds(1e-4, 0.99, 1e-4, 1.0, "float32 merge, only rounding differs: "
-                         "measured KL 1e-11"),
-    "f32": Thresholds(1e-4, 0.99, 1e-4, 1.0, "float32 GGUF, only kernel rounding differs"),
+                         "measured KL 1e-11", 0.95),
+    "f32": Thresholds(1e-4, 0.99, 1e-4, 1.0, "float32 GGUF, only kernel rounding differs",
+                      0.95),
     "f16": Thresholds(1e-3, 0.99, 1e-3, 0.75, "the export issue: KL < 1e-3, top-1 >= 99 %; "
-                      "measured KL 5e-6 to 9e-6, NMSE 2e-6 to 3e-6"),
+                      "measured KL 5e-6 to 9e-6, NMSE 2e-6 to 3e-6", 0.9),
     "bf16": Thresholds(5e-3, 0.95, 5e-3, 0.5, "llama.cpp BF16 KL 2.5e-5 (8B); measured on "
-                       "SmolLM2-135M: KL 2.5e-4 to 2e-3, NMSE up to 7e-4"),
+                       "SmolLM2-135M: KL 2.5e-4 to 2e-3, NMSE up to 7e-4", 0.9),
     "q8_0": Thresholds(0.03, 0.88, 2e-2, 0.0, "llama.cpp q8_0 KL 0.0004-0.0014, same-top "
-                       "97.7-98.8 % (7-8B); measured on SmolLM2-135M: KL 5e-3 to 6e-3"),
+                       "97.7-98.8 % (7-8B); measured on SmolLM2-135M: KL 5e-3 to 6e-3", 0.8),
     "q6_k": Thresholds(0.06, 0.85, 5e-2, 0.0, "between q8_0 and q5_k_m (on small models "
-                       "mostly q8_0 fallbacks)"),
+                       "mostly q8_0 fallbacks)", 0.6),
     "q5_k_m": Thresholds(0.3, 0.75, 0.2, 0.0, "between llama.cpp's q8_0 and Q4_K_M figures; "
-                         "measured on SmolLM2-135M: KL 0.06 to 0.22, top-1 80-90 %"),
+                         "measured on SmolLM2-135M: KL 0.06 to 0.22, top-1 80-90 %", 0.5),
     "q4_k_m": Thresholds(0.3, 0.78, 0.2, 0.0, "llama.cpp Q4_K_M KL 0.013-0.031, same-top "
-                         "92-95 % (7-8B); measured on SmolLM2-135M: KL 0.07 to 0.12"),
+                         "92-95 % (7-8B); measured on SmolLM2-135M: KL 0.07 to 0.12", 0.5),
 }
 FILE_TYPES = {v: k for k, v in FTYPES.items()}
 
@@ -113,7 +119,9 @@ class VerifyReport:
             out.append(f"NMSE {self.nmse:.3g} > {lim.max_nmse:g}")
         if self.greedy_match < lim.min_greedy:
             out.append(f"greedy answers match {self.greedy_match:.0%} < {lim.min_greedy:.0%}")
-        if self.adapter_kept is not None and self.adapter_kept < lim.min_adapter_kept:
+        # Judged on 10 or more changed positions; fewer say too little either way.
+        if (self.adapter_kept is not None and self.adapter_positions >= 10
+                and self.adapter_kept < lim.min_adapter_kept):
             out.append(f"adapter's top-token changes kept {self.adapter_kept:.0%} < "
                        f"{lim.min_adapter_kept:.0%} (of {self.adapter_positions})")
         return out
