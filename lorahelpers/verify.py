@@ -55,8 +55,8 @@ class Thresholds:
 # Hence the last limit, min_adapter_kept: where the LoRA changes the PEFT model's top token
 # (30 of 157 positions for the stand-in adapter), the export must pick the adapted one. Measured
 # on SmolLM2-135M: correct exports keep f16 100 %, bf16 100 %, q8_0 97 %, q5_k_m 80 %,
-# q4_k_m 73 %; the base GGUF without its adapter keeps 0 % (f16; KL 0.32, which the 4-5 bit
-# KL limit of 0.3 could not tell from a correct q4_k_m/q5_k_m export).
+# q4_k_m 73 %; the base GGUF without its adapter keeps 0-3 % at every type (f16 KL 0.32,
+# which the 4-5 bit KL limit of 0.3 could not tell from a correct q4_k_m/q5_k_m export).
 THRESHOLDS = {
     "merged": Thresholds(1e-4, 0.99, 1e-4, 1.0, "float32 merge, only rounding differs: "
                          "measured KL 1e-11", 0.95),
