@@ -72,32 +72,38 @@ def test_streamed_merge_scales_by_alpha_over_r(tiny, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def wrong_exports(export_source, tmp_path_factory):
-    """The base model without the adapter at every quant type, and a merge whose adapter
-    config says alpha = r (scale 1 instead of 2), at f16 and q8_0."""
+def base_exports(export_source, tmp_path_factory):
+    """The base model without the adapter, at every quant type."""
+    from lorahelpers.export import export_gguf
+
+    return export_gguf(export_source.base_dir, tmp_path_factory.mktemp("base"), "base", QUANTS,
+                       progress=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def half_scale(export_source, tmp_path_factory):
+    """A merge whose adapter config says half the alpha it was trained with, at f16 and q8_0."""
     import shutil
 
     from lorahelpers.export import export_gguf, merge_lora
 
     quiet = {"progress": lambda s: None}
-    root = tmp_path_factory.mktemp("wrong")
-    base = export_gguf(export_source.base_dir, root / "base", "base", QUANTS, **quiet)
+    root = tmp_path_factory.mktemp("half")
     adapter = root / "half-scale-adapter"
     shutil.copytree(export_source.adapter_dir, adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())
     (adapter / "adapter_config.json").write_text(json.dumps(config | {
-        "lora_alpha": config["r"]}))
+        "lora_alpha": config["lora_alpha"] / 2}))
     merged = merge_lora(adapter, root / "merged", base_dir=export_source.base_dir,
                         chat_format=export_source.chat_format, **quiet).out_dir
-    scaled = export_gguf(merged, root / "scaled", "scaled", ("f16", "q8_0"), **quiet)
-    return base, scaled
+    return export_gguf(merged, root / "gguf", "half", ("f16", "q8_0"), **quiet)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quant", QUANTS)
-def test_the_base_without_its_adapter_fails_verify(quant, wrong_exports, export_source,
+def test_the_base_without_its_adapter_fails_verify(quant, base_exports, export_source,
                                                    verify_prompts):
-    base, _ = wrong_exports
+    base = base_exports
     report = verify(base[quant], export_source.model, export_source.tokenizer, verify_prompts)
     print(f"\nbase without adapter, {quant}: KL {report.mean_kl:.3f}, top-1 {report.top1:.1%}, "
           f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}")
@@ -107,10 +113,9 @@ def test_the_base_without_its_adapter_fails_verify(quant, wrong_exports, export_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quant", ["f16", "q8_0"])
-def test_a_merge_at_the_wrong_scale_fails_verify(quant, wrong_exports, export_source,
+def test_a_merge_at_the_wrong_scale_fails_verify(quant, half_scale, export_source,
                                                  verify_prompts):
-    _, scaled = wrong_exports
-    report = verify(scaled[quant], export_source.model, export_source.tokenizer,
+    report = verify(half_scale[quant], export_source.model, export_source.tokenizer,
                     verify_prompts)
     print(f"\nmerge at half scale, {quant}: KL {report.mean_kl:.3f}, top-1 {report.top1:.1%}, "
           f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}")
