@@ -25,31 +25,22 @@ def _messages(item, index: int) -> list[dict]:
 def tokenize_conversations(tokenizer, conversations, chat_format: ChatFormat,
                            max_seq_length: int = 2048) -> tuple[list[dict], int]:
     """Token ids and labels for each conversation: labels are IGNORE (-100) except on the
-    tokens of assistant contents and their eos. Conversations longer than max_seq_length are
-    cut; those left with nothing to learn are dropped. Returns (examples, dropped).
+    tokens of assistant contents and their eos. The text before each answer is tokenized on its
+    own, as llama.cpp and Ollama tokenize the generation prompt, so the model learns the answer
+    tokens it has to produce after exactly that prompt. Conversations longer than
+    max_seq_length are cut; those left with nothing to learn are dropped.
+    Returns (examples, dropped).
 
     >>> tokenize_conversations(tok, [[user, answer]], get_chat_format("chatml"))  # doctest: +SKIP
     ([{'input_ids': [...], 'labels': [-100, ..., 2, -100]}], 0)
     """
-    texts, spans = [], []
+    examples, dropped = [], 0
     for i, item in enumerate(conversations):
         try:
-            text, s = chat_format.render_with_spans(_messages(item, i))
+            text, spans = chat_format.render_with_spans(_messages(item, i))
         except ValueError as err:
             raise ValueError(f"conversation {i}: {err}") from err
-        texts.append(text)
-        spans.append(s)
-    if not texts:
-        return [], 0
-    if not getattr(tokenizer, "is_fast", True):
-        raise ValueError("loss masking needs character offsets, which only fast tokenizers "
-                         "give: load the tokenizer with use_fast=True")
-    encoded = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=True)
-    examples, dropped = [], 0
-    for ids, offsets, s in zip(encoded["input_ids"], encoded["offset_mapping"], spans,
-                               strict=True):
-        labels = [tok if _starts_inside(start, end, s) else IGNORE
-                  for tok, (start, end) in zip(ids, offsets, strict=True)]
+        ids, labels = encode_with_labels(tokenizer, text, spans)
         ids, labels = ids[:max_seq_length], labels[:max_seq_length]
         # Position 0 is never predicted, so it cannot carry the only label.
         if all(label == IGNORE for label in labels[1:]):
@@ -59,10 +50,60 @@ def tokenize_conversations(tokenizer, conversations, chat_format: ChatFormat,
     return examples, dropped
 
 
-def _starts_inside(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    # A token belongs to the response when its first character does; zero-width tokens
-    # (a BOS the tokenizer adds) belong to nothing.
-    return end > start and any(a <= start < b for a, b in spans)
+def encode_with_labels(tokenizer, text: str, spans: list[tuple[int, int]],
+                       ) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a rendered conversation whose answers (with eos) are at `spans`.
+    Before each answer, the ids are the tokenization of text[:start] (what inference sees);
+    the answer's ids are how it continues that prompt: the rest of the whole text's
+    tokenization when the prompt's tokens are a prefix of it, else the answer tokenized on its
+    own (a prompt ending in a space followed by " POS" would otherwise lose the answer's first
+    token to the prompt). In a multi-turn conversation a later prompt holds the earlier
+    answers as they were learnt; its text is the same, its tokens may differ at a seam.
+
+    >>> ids, labels = encode_with_labels(tok, "Label: POS</s>", [(7, 14)])  # doctest: +SKIP
+    >>> tok.decode([t for t in labels if t != IGNORE])  # doctest: +SKIP
+    'POS</s>'
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for start, end in spans:
+        prompt = _ids(tokenizer, text[:start], True)
+        if prompt[:len(ids)] == ids:
+            new = prompt[len(ids):]
+        else:  # the earlier answer's last token merged with the text after it: keep both
+            new = _standalone_ids(tokenizer, text[_decoded_upto(spans, start):start])
+        ids += new
+        labels += [IGNORE] * len(new)
+        whole = _ids(tokenizer, text[:end], True)
+        answer = whole[len(ids):] if whole[:len(ids)] == ids and len(whole) > len(ids) \
+            else _standalone_ids(tokenizer, text[start:end])
+        ids += answer
+        labels += answer
+    tail = _standalone_ids(tokenizer, text[spans[-1][1]:]) if spans else \
+        _ids(tokenizer, text, True)
+    return ids + tail, labels + [IGNORE] * len(tail)
+
+
+def _ids(tokenizer, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def _decoded_upto(spans, start: int) -> int:
+    return max((e for _, e in spans if e <= start), default=0)
+
+
+def _standalone_ids(tokenizer, text: str) -> list[int]:
+    """text's tokens as a continuation, not as the start of a text: tokenized after the eos
+    token (which every tokenizer keeps whole), so SentencePiece tokenizers add no space in
+    front of the first word."""
+    if not text:
+        return []
+    eos = tokenizer.eos_token
+    ids = _ids(tokenizer, eos + text, False)
+    eos_ids = _ids(tokenizer, eos, False)
+    if ids[:len(eos_ids)] != eos_ids:
+        return _ids(tokenizer, text, False)
+    return ids[len(eos_ids):]
 
 
 class PadCollator:

@@ -28,6 +28,8 @@ class Turns:
     A system message (only allowed first) renders as system_pre + content + system_post and
     replaces `preamble`; a user turn as user_pre + content + user_post; an assistant turn as
     assistant_pre + content + eos + assistant_post. The generation prompt is assistant_pre.
+    `user_after_system_pre`, when set, replaces user_pre for the user turn right after the
+    system message: formats such as Gemma's fold the system prompt into that turn.
     """
 
     preamble: str = ""
@@ -37,6 +39,7 @@ class Turns:
     user_post: str = ""
     assistant_pre: str = ""
     assistant_post: str = ""
+    user_after_system_pre: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,9 @@ class ChatFormat:
             if role == "system":
                 put(t.system_pre + content + t.system_post)
             elif role == "user":
-                put(t.user_pre + content + t.user_post)
+                folded = t.user_after_system_pre is not None and i == 1 \
+                    and messages[0]["role"] == "system"
+                put((t.user_after_system_pre if folded else t.user_pre) + content + t.user_post)
             else:
                 put(t.assistant_pre)
                 start = size
@@ -124,13 +129,17 @@ class ChatFormat:
         pre = (f"{{%- if loop.first and message['role'] != 'system' -%}}{{{{ {q(t.preamble)} }}}}"
                "{%- endif -%}\n") if t.preamble else ""
         bad_role = q("Roles must be system, user or assistant, with system only first")
+        user_pre = q(t.user_pre)
+        if t.user_after_system_pre is not None:
+            user_pre = (f"({q(t.user_after_system_pre)} if loop.index0 == 1 and "
+                        f"messages[0]['role'] == 'system' else {user_pre})")
         return (
             "{%- for message in messages -%}\n"
             + pre
             + "{%- if message['role'] == 'system' and loop.first -%}\n"
             f"{{{{ {j(q(t.system_pre), content, q(t.system_post))} }}}}\n"
             "{%- elif message['role'] == 'user' -%}\n"
-            f"{{{{ {j(q(t.user_pre), content, q(t.user_post))} }}}}\n"
+            f"{{{{ {j(user_pre, content, q(t.user_post))} }}}}\n"
             "{%- elif message['role'] == 'assistant' -%}\n"
             f"{{{{ {j(q(t.assistant_pre), content, q(self.eos + t.assistant_post))} }}}}\n"
             "{%- else -%}\n"
@@ -149,11 +158,15 @@ class ChatFormat:
         t, g = self.turns, _go_text
         pre = f'{{{{ if and (eq $i 0) (ne $m.Role "system") }}}}{g(t.preamble)}{{{{ end }}}}' \
             if t.preamble else ""
+        user_pre = g(t.user_pre)
+        if t.user_after_system_pre is not None:
+            user_pre = ('{{ if and (eq $i 1) (eq (index $.Messages 0).Role "system") }}'
+                        f"{g(t.user_after_system_pre)}{{{{ else }}}}{user_pre}{{{{ end }}}}")
         return (
             "{{ range $i, $m := .Messages }}" + pre
             + f'{{{{ if eq $m.Role "system" }}}}{g(t.system_pre)}{{{{ $m.Content }}}}'
             f"{g(t.system_post)}"
-            f'{{{{ else if eq $m.Role "user" }}}}{g(t.user_pre)}{{{{ $m.Content }}}}'
+            f'{{{{ else if eq $m.Role "user" }}}}{user_pre}{{{{ $m.Content }}}}'
             f"{g(t.user_post)}"
             f'{{{{ else if eq $m.Role "assistant" }}}}{g(t.assistant_pre)}{{{{ $m.Content }}}}'
             f"{g(self.eos + t.assistant_post)}"
@@ -161,10 +174,83 @@ class ChatFormat:
         )
 
 
-def get_chat_format(name: str, eos: str | None = None) -> ChatFormat:
-    """A built-in format ("alpaca", "chatml", "llama3") or a custom one from an Unsloth-style
-    template with {INPUT}, {OUTPUT} and optional {SYSTEM}. `eos` is needed by alpaca and custom
-    (pass tokenizer.eos_token); chatml and llama3 always end turns with their own token.
+BUILTIN = ("alpaca", "chatml", "gemma", "llama3", "mistral", "phi3", "phi4", "qwen", "qwen3")
+_ALIASES = {"phi": "phi3", "gemma2": "gemma", "gemma3": "gemma", "qwen2": "qwen",
+            "qwen2.5": "qwen", "llama-3": "llama3"}
+
+
+def _chatml(name: str, eos: str = "<|im_end|>", sep: str = "\n", end: str = "\n",
+            think: str = "") -> ChatFormat:
+    start = "<|im_start|>"
+    return ChatFormat(name, eos, (eos, start), Turns(
+        system_pre=f"{start}system{sep}", system_post=eos + end,
+        user_pre=f"{start}user{sep}", user_post=eos + end,
+        assistant_pre=f"{start}assistant{sep}{think}", assistant_post=end))
+
+
+def _llama3() -> ChatFormat:
+    eot = "<|eot_id|>"
+
+    def head(role: str) -> str:
+        return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
+    return ChatFormat("llama3", eot, (eot, "<|start_header_id|>", "<|end_header_id|>"),
+                      Turns(system_pre=head("system"), system_post=eot,
+                            user_pre=head("user"), user_post=eot,
+                            assistant_pre=head("assistant")))
+
+
+def _gemma() -> ChatFormat:
+    # Gemma 2 and 3 have no system role: their template puts the system text, a blank line,
+    # then the first user message inside one user turn. The answering role is "model".
+    end, user = "<end_of_turn>", "<start_of_turn>user\n"
+    return ChatFormat("gemma", end, (end, "<start_of_turn>"), Turns(
+        system_pre=user, system_post="\n\n", user_after_system_pre="",
+        user_pre=user, user_post=end + "\n",
+        assistant_pre="<start_of_turn>model\n", assistant_post="\n"))
+
+
+def _mistral() -> ChatFormat:
+    # The [INST] family: "[INST] question[/INST]answer</s>". Mistral-7B-Instruct v0.3 (and
+    # Ollama's "mistral" template) write " answer" with a space, v0.1/v0.2 "[INST] question
+    # [/INST]", tekken-based models (Nemo, Small 3) "[INST]question[/INST]". Here the answer
+    # follows "[/INST]" directly, so the generation prompt is a prefix of the training text and
+    # the answer learnt is exactly the answer. The system prompt goes into the first user turn
+    # (v0.3 puts it into the last one; the same for single-turn examples).
+    return ChatFormat("mistral", "</s>", ("</s>", "[INST]"), Turns(
+        system_pre="[INST] ", system_post="\n\n", user_after_system_pre="",
+        user_pre="[INST] ", user_post="[/INST]"))
+
+
+def _phi3() -> ChatFormat:
+    end = "<|end|>"
+    return ChatFormat("phi3", end, (end, "<|user|>", "<|endoftext|>"), Turns(
+        system_pre="<|system|>\n", system_post=end + "\n",
+        user_pre="<|user|>\n", user_post=end + "\n",
+        assistant_pre="<|assistant|>\n", assistant_post="\n"))
+
+
+_BUILDERS = {
+    "chatml": lambda: _chatml("chatml"),
+    "llama3": _llama3,
+    "gemma": _gemma,
+    "mistral": _mistral,
+    "phi3": _phi3,
+    # Phi-4: chatml with <|im_sep|> after the role and no line breaks.
+    "phi4": lambda: _chatml("phi4", sep="<|im_sep|>", end=""),
+    # Qwen 2 / 2.5: chatml; their own template adds a default system prompt, this one does not.
+    "qwen": lambda: _chatml("qwen"),
+    # Qwen3 answers without thinking when the prompt already holds an empty think block (its
+    # template's enable_thinking=False); training and Ollama both get that block every turn.
+    "qwen3": lambda: _chatml("qwen3", think="<think>\n\n</think>\n\n"),
+}
+
+
+def get_chat_format(name: str, eos: str | None = None, tokenizer=None) -> ChatFormat:
+    """A built-in format (see BUILTIN), "auto" (chosen from `tokenizer`, see detect_chat_format)
+    or a custom one from an Unsloth-style template with {INPUT}, {OUTPUT} and optional
+    {SYSTEM}. `eos` is needed by alpaca and custom (pass tokenizer.eos_token); the others always
+    end turns with their own token.
 
     >>> get_chat_format("alpaca", eos="</s>").stop
     ('</s>', '### Instruction:')
@@ -172,21 +258,14 @@ def get_chat_format(name: str, eos: str | None = None) -> ChatFormat:
     if not isinstance(name, str):
         raise TypeError(f"chat format must be a name or a template string, got {type(name)}")
     key = name.strip().lower()
-    if key == "chatml":
-        return ChatFormat("chatml", "<|im_end|>", ("<|im_end|>", "<|im_start|>"), Turns(
-            system_pre="<|im_start|>system\n", system_post="<|im_end|>\n",
-            user_pre="<|im_start|>user\n", user_post="<|im_end|>\n",
-            assistant_pre="<|im_start|>assistant\n", assistant_post="\n"))
-    if key == "llama3":
-        eot = "<|eot_id|>"
-
-        def head(role: str) -> str:
-            return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
-
-        return ChatFormat("llama3", eot, (eot, "<|start_header_id|>", "<|end_header_id|>"),
-                          Turns(system_pre=head("system"), system_post=eot,
-                                user_pre=head("user"), user_post=eot,
-                                assistant_pre=head("assistant")))
+    key = _ALIASES.get(key, key)
+    if key == "auto":
+        if tokenizer is None:
+            raise ValueError("chat format 'auto' is chosen from the base model's tokenizer: pass "
+                             "tokenizer=..., or name the format (e.g. 'chatml')")
+        return get_chat_format(detect_chat_format(tokenizer)[0], eos=tokenizer.eos_token)
+    if key in _BUILDERS:
+        return _BUILDERS[key]()
     if key == "alpaca" or "{INPUT}" in name or "{OUTPUT}" in name:
         if not eos:
             raise ValueError(f"chat format {'alpaca' if key == 'alpaca' else 'custom'} needs the "
@@ -200,10 +279,57 @@ def get_chat_format(name: str, eos: str | None = None) -> ChatFormat:
         marker = turns.user_pre.strip()
         return ChatFormat("custom", eos, (eos, marker) if marker and marker != eos else (eos,),
                           turns)
-    close = difflib.get_close_matches(key, ["alpaca", "chatml", "llama3"], n=1)
+    close = difflib.get_close_matches(key, [*BUILTIN, "auto"], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown chat format {name!r}: use 'alpaca', 'chatml', 'llama3' or a "
-                     f"template string with {{INPUT}} and {{OUTPUT}}.{hint}")
+    raise ValueError(f"unknown chat format {name!r}: use one of {', '.join(BUILTIN)}, 'auto' or "
+                     f"a template string with {{INPUT}} and {{OUTPUT}}.{hint}")
+
+
+# (format, markers that must all be in the tokenizer's own chat template), most specific first.
+_TEMPLATE_SIGNS = (
+    ("llama3", ("<|start_header_id|>",)),
+    ("gemma", ("<start_of_turn>",)),
+    ("phi4", ("<|im_sep|>",)),
+    ("qwen3", ("<|im_start|>", "<think>")),
+    ("qwen", ("<|im_start|>", "Qwen")),
+    ("chatml", ("<|im_start|>",)),
+    ("phi3", ("<|user|>", "<|end|>")),
+    ("mistral", ("[INST]",)),
+    ("alpaca", ("### Instruction",)),
+)
+# (format, special tokens that must all be in the vocabulary), for tokenizers without a template.
+_VOCAB_SIGNS = (
+    ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
+    ("gemma", ("<start_of_turn>", "<end_of_turn>")),
+    ("phi4", ("<|im_start|>", "<|im_sep|>")),
+    ("qwen3", ("<|im_start|>", "<think>")),
+    ("chatml", ("<|im_start|>", "<|im_end|>")),
+    ("phi3", ("<|user|>", "<|end|>", "<|assistant|>")),
+    ("mistral", ("[INST]", "[/INST]")),
+)
+
+
+def detect_chat_format(tokenizer) -> tuple[str, str]:
+    """(format name, why) for a base model's tokenizer: from the markers of its own chat
+    template when it has one, else from its special tokens, else alpaca (a plain-text format
+    that any tokenizer can learn).
+
+    >>> detect_chat_format(tokenizer)  # doctest: +SKIP
+    ('chatml', "its chat template uses '<|im_start|>'")
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: the default one
+        template = template.get("default") or next(iter(template.values()), None)
+    if isinstance(template, str) and template:
+        for name, signs in _TEMPLATE_SIGNS:
+            if all(s in template for s in signs):
+                return name, "its chat template uses " + ", ".join(map(repr, signs))
+    vocab = tokenizer.get_vocab()
+    for name, signs in _VOCAB_SIGNS:
+        if all(s in vocab for s in signs):
+            return name, "its vocabulary has the special tokens " + ", ".join(map(repr, signs))
+    return "alpaca", ("it has no chat template and no known chat tokens, so a plain-text format "
+                      f"ending with its eos {getattr(tokenizer, 'eos_token', None)!r}")
 
 
 def install_chat_template(tokenizer, fmt: ChatFormat) -> None:

@@ -178,11 +178,12 @@ def supported_architectures(conv: Path) -> set[str] | None:
 def unsupported_architecture(arch: str, where: Path, version: str) -> UnsupportedArchitectureError:
     return UnsupportedArchitectureError(
         f"{where}: architecture {arch!r} is not supported by llama.cpp's converter in "
-        f"{PACKAGE} {version}. A newer {PACKAGE} may support it (check the converter's list "
-        f"with `python convert_hf_to_gguf.py --print-supported-models`, then upgrade:\n"
+        f"{PACKAGE} {version}, so a model trained on it could not become a GGUF for Ollama. "
+        "Fix: pick a base model with a supported architecture (Llama, Mistral, Qwen2/3, Gemma, "
+        "Phi-3 ...), or upgrade to a newer release that supports it (check its list with "
+        "`python convert_hf_to_gguf.py --print-supported-models`):\n"
         f'    CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install -U {PACKAGE}\n'
-        "and call converter_dir() once while online); otherwise pick a base model with a "
-        "supported architecture (Llama, Mistral, Qwen2/3, Gemma, Phi-3 ...).")
+        "and call converter_dir() once while online.")
 
 
 def run_script(script: str, args: list[str], progress=print) -> None:

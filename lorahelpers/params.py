@@ -33,7 +33,8 @@ class Params:
     model: str = field(default=EMBEDDED, metadata={
         "help": "Hub name or local checkpoint; 'embedded' is the SmolLM2-135M that ships with us"})
     chat_format: str = field(default="chatml", metadata={
-        "help": "'chatml', 'llama3', 'alpaca' or a template with {INPUT} and {OUTPUT}"})
+        "help": "'chatml', 'llama3', 'gemma', 'mistral', 'phi3', 'qwen3', 'auto' (from the "
+                "tokenizer), ... or a template with {INPUT} and {OUTPUT}"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA (CUDA only)"})
     data: str = field(default="", metadata={"help": "training file or Hub dataset name"})
     eval_data: str = field(default="", metadata={

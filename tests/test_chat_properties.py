@@ -5,7 +5,7 @@ text/template) give the same bytes, and the spans sit exactly on each response p
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from lorahelpers.chat import get_chat_format
+from lorahelpers.chat import BUILTIN, get_chat_format
 from tests.gorender import render_go
 from tests.test_chat import jinja_render
 
@@ -44,7 +44,7 @@ def custom_templates(draw):
 @st.composite
 def chat_formats(draw):
     eos = draw(EOS)
-    name = draw(st.sampled_from(["chatml", "llama3", "alpaca", "custom"]))
+    name = draw(st.sampled_from([*BUILTIN, "custom"]))
     if name != "custom":
         return get_chat_format(name, eos=eos)
     template = draw(custom_templates())

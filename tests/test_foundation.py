@@ -40,7 +40,7 @@ KILL_HALF_WAY = textwrap.dedent(
     import os
     from lorahelpers import models
 
-    def half_written(gguf, out):
+    def half_written(gguf, out, *rest):
         (out / "config.json").write_text("{}")
         os._exit(9)   # die like a killed process: no cleanup handlers run
 

@@ -1,0 +1,122 @@
+"""Verification that can fail: for every quant type a wrong export (the base without the
+adapter, a merge at the wrong scale) is rejected, and a fast check that the streamed merge
+applies alpha / r (not 1, not alpha) on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lorahelpers.verify import THRESHOLDS, _Stats, verify
+from tests.fixtures_export import QUANTS
+
+
+def test_adapter_kept_counts_only_positions_the_adapter_changed():
+    stats = _Stats()
+    base = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]])
+    ref = np.array([[0.0, 3.0, 0.0], [0.0, 3.0, 0.0], [3.0, 0.0, 0.0]])  # changes 0 and 2
+    cand = np.array([[0.0, 2.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]])  # keeps 0, loses 2
+    stats.add([1, 2, 3], ref, cand, base)
+    assert (stats.adapter_n, stats.adapter_kept) == (2, 1)
+    assert all(0 < t.min_adapter_kept < 1 for t in THRESHOLDS.values())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, embedded_tokenizer):
+    """A two-layer Llama with random weights and a random LoRA with alpha != r."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    root = tmp_path_factory.mktemp("tiny")
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         vocab_size=len(embedded_tokenizer), initializer_range=0.1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(root / "base")
+    embedded_tokenizer.save_pretrained(root / "base")
+    torch.manual_seed(1)
+    peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=7, init_lora_weights=False,
+                                            target_modules=["q_proj", "v_proj", "down_proj"]))
+    peft.eval()
+    peft.save_pretrained(root / "adapter")
+    return root, peft
+
+
+def test_streamed_merge_scales_by_alpha_over_r(tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorahelpers.merge import merge_lora
+
+    root, peft = tiny
+    merge_lora(root / "adapter", tmp_path / "merged", base_dir=root / "base",
+               progress=lambda s: None)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        want = peft(input_ids=ids).logits
+        got = merged(input_ids=ids).logits
+        with peft.disable_adapter():
+            base = peft(input_ids=ids).logits
+    assert (want - base).abs().max() > 1e-2  # the adapter matters
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    # the weights themselves: W + (7 / 2) * B @ A
+    layer = peft.base_model.model.model.layers[0].self_attn.q_proj
+    expected = layer.base_layer.weight + 3.5 * layer.lora_B["default"].weight @ \
+        layer.lora_A["default"].weight
+    assert torch.allclose(merged.model.layers[0].self_attn.q_proj.weight, expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def base_exports(export_source, tmp_path_factory):
+    """The base model without the adapter, at every quant type."""
+    from lorahelpers.export import export_gguf
+
+    return export_gguf(export_source.base_dir, tmp_path_factory.mktemp("base"), "base", QUANTS,
+                       progress=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def half_scale(export_source, tmp_path_factory):
+    """A merge whose adapter config says half the alpha it was trained with, at f16 and q8_0."""
+    import shutil
+
+    from lorahelpers.export import export_gguf, merge_lora
+
+    quiet = {"progress": lambda s: None}
+    root = tmp_path_factory.mktemp("half")
+    adapter = root / "half-scale-adapter"
+    shutil.copytree(export_source.adapter_dir, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps(config | {
+        "lora_alpha": config["lora_alpha"] / 2}))
+    merged = merge_lora(adapter, root / "merged", base_dir=export_source.base_dir,
+                        chat_format=export_source.chat_format, **quiet).out_dir
+    return export_gguf(merged, root / "gguf", "half", ("f16", "q8_0"), **quiet)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", QUANTS)
+def test_the_base_without_its_adapter_fails_verify(quant, base_exports, export_source,
+                                                   verify_prompts):
+    base = base_exports
+    report = verify(base[quant], export_source.model, export_source.tokenizer, verify_prompts)
+    print(f"\nbase without adapter, {quant}: KL {report.mean_kl:.3f}, top-1 {report.top1:.1%}, "
+          f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}")
+    assert not report.passed, report.table()
+    assert report.adapter_kept < THRESHOLDS[quant].min_adapter_kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_a_merge_at_the_wrong_scale_fails_verify(quant, half_scale, export_source,
+                                                 verify_prompts):
+    report = verify(half_scale[quant], export_source.model, export_source.tokenizer,
+                    verify_prompts)
+    print(f"\nmerge at half scale, {quant}: KL {report.mean_kl:.3f}, top-1 {report.top1:.1%}, "
+          f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}")
+    assert not report.passed, report.table()
