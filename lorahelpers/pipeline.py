@@ -261,7 +261,8 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
     from lorahelpers.verify import load_reference, verify
 
     out = Path(out_dir)
-    needs = export_needs(*base_parameter_count(model), quants, download_base=is_4bit(model))
+    params, largest = base_parameter_count(model)
+    needs = export_needs(params, quants, largest, download_base=is_4bit(model))
     preflight_export(needs, out)
     progress(f"Export needs about {needs.disk_bytes / 1e9:.1f} GB of disk: checked.")
     merged = merge_lora(adapter_dir, out / "merged", chat_format=chat_format, progress=progress)
