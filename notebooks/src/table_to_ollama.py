@@ -280,21 +280,7 @@ answer = generate(model, tokenizer, question, chat_format, max_new_tokens=max_an
 # the same next-word probabilities, the same answers.
 
 # %%
-# %% [markdown]
-# ## The GGUF files on held-out rows
-# The PyTorch model is done: deleting it gives its GPU memory to llama.cpp and Ollama. On a GPU
-# runtime llama.cpp scores every row on the GPU when its CUDA build is installed, else only the
-# first few rows on the CPU (the cell says which).
-
-# %%
-from lorahelpers.pipeline import free_torch_memory, score_ggufs
-
-del model
-print(free_torch_memory())
-gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, params.scorer)
-scores = {"PyTorch, after training": after.score}
-scores |= {f"{export.ggufs[q].name} (llama.cpp)": r.score for q, r in gguf_reports.items()}
-Comparison(scores, after.n)
+from lorahelpers.pipeline import export_and_verify
 
 prompts = [row[:-1] for row in data.eval[:4]]
 export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
