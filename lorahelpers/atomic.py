@@ -2,11 +2,14 @@
 and is renamed over the target only when complete. A failure (Ctrl-C included) removes the
 temporary file, so nothing half-written ever carries a final name. No dependencies.
 
-    >>> write_atomic(Path("out/summary.json"), json.dumps(summary))      # doctest: +SKIP
+    >>> write_atomic(Path("out/summary.json"), '{"steps": 60}').read_text()
+    '{"steps": 60}'
     >>> with atomic_path(Path("out/model-q8_0.gguf")) as tmp:          # doctest: +SKIP
     ...     run_converter(outfile=tmp)
-    >>> with atomic_dir(Path("keep/checkpoint-40")) as tmp:             # doctest: +SKIP
-    ...     shutil.copytree(source, tmp, dirs_exist_ok=True)
+    >>> with atomic_dir(Path("keep/checkpoint-40")) as tmp:
+    ...     _ = (tmp / "trainer_state.json").write_text("{}")
+    >>> [p.name for p in Path("keep").iterdir()]  # no temporary folder is left
+    ['checkpoint-40']
 """
 
 from __future__ import annotations

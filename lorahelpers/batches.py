@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .chat import ChatFormat
+from .errors import ChatFormatError
 
 IGNORE = -100  # label of a token the loss skips
 
@@ -39,7 +40,7 @@ def tokenize_conversations(tokenizer, conversations, chat_format: ChatFormat,
         try:
             text, spans = chat_format.render_with_spans(_messages(item, i))
         except ValueError as err:
-            raise ValueError(f"conversation {i}: {err}") from err
+            raise ChatFormatError(f"conversation {i}: {err}") from err
         ids, labels = encode_with_labels(tokenizer, text, spans)
         ids, labels = ids[:max_seq_length], labels[:max_seq_length]
         # Position 0 is never predicted, so it cannot carry the only label.
@@ -157,13 +158,23 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter([j for batch in shuffled + partial for j in batch])
 
 
-def _causal_lm(model):
+def causal_lm_of(model):
+    """The causal LM under a PEFT wrapper (the model itself when there is none).
+
+    >>> causal_lm_of(add_lora(model)) is model  # doctest: +SKIP
+    True
+    """
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _plain_lm_head(model) -> bool:
-    # Heads that scale or cap their logits go through TRL's own loss instead.
-    config = _causal_lm(model).config.get_text_config()
+def plain_lm_head(model) -> bool:
+    """Whether label_loss may compute the model's loss: heads that scale or cap their logits
+    (Gemma 2's softcapping, ...) go through TRL's own loss instead.
+
+    >>> plain_lm_head(model)  # doctest: +SKIP
+    True
+    """
+    config = causal_lm_of(model).config.get_text_config()
     return not any(getattr(config, k, None) for k in
                    ("final_logit_softcapping", "logit_scale", "logits_scaling"))
 
@@ -177,7 +188,7 @@ def label_loss(model, batch: dict, num_items_in_batch=None):
     >>> label_loss(model, PadCollator(tokenizer.pad_token_id)(examples))  # doctest: +SKIP
     tensor(2.3125, grad_fn=<DivBackward0>)
     """
-    causal_lm = _causal_lm(model)
+    causal_lm = causal_lm_of(model)
     hidden = causal_lm.base_model(input_ids=batch["input_ids"],
                                   attention_mask=batch["attention_mask"],
                                   use_cache=False).last_hidden_state

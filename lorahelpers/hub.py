@@ -23,14 +23,11 @@ import re
 from pathlib import Path
 
 from lorahelpers.atomic import atomic_dir
+from lorahelpers.errors import HubError
 from lorahelpers.modelfile import check_parameters
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 DEFAULT_NUM_CTX = 2048
-
-
-class HubError(RuntimeError):
-    """An upload to the Hugging Face Hub that cannot be done as asked."""
 
 
 def gguf_name(repo_id: str, quant: str) -> str:
@@ -48,7 +45,8 @@ def hub_files(repo_id: str, ggufs: dict, chat_format, *, system: str | None = No
               reports: dict | None = None, base_model: str | None = None) -> dict:
     """The repository's files: {name in the repo: text, or the Path of a GGUF to upload}.
 
-    >>> sorted(hub_files("me/bot", {"q8_0": Path("m.gguf")}, get_chat_format("chatml")))  # doctest: +SKIP
+    >>> from lorahelpers.chat import get_chat_format
+    >>> sorted(hub_files("me/bot", {"q8_0": Path("m.gguf")}, get_chat_format("chatml")))
     ['README.md', 'bot-Q8_0.gguf', 'params', 'template']
     """
     check_repo_id(repo_id)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chat import ChatFormat, get_chat_format
+from .chat import ChatFormat, get_chat_format, stop_token_ids
+from .errors import DataError, SettingsError
 
 
 def _format(chat_format, tokenizer) -> ChatFormat | None:
@@ -34,15 +35,10 @@ def _stops(tokenizer, fmt: ChatFormat | None) -> tuple[list[str], list[int], dic
     """(stop strings, stop token ids, extra generate() arguments). Stops that are single
     tokens end generation by id; only the others need transformers' slower string matching."""
     strings = list(fmt.stop) if fmt else [tokenizer.eos_token]
-    ids, by_text = {tokenizer.eos_token_id}, []
     vocab = tokenizer.get_vocab()
-    for s in strings:
-        if s in vocab:
-            ids.add(vocab[s])
-        else:
-            by_text.append(s)
+    by_text = [s for s in strings if s not in vocab]
     extra = {"stop_strings": by_text, "tokenizer": tokenizer} if by_text else {}
-    return strings, sorted(i for i in ids if i is not None), extra
+    return strings, stop_token_ids(tokenizer, strings), extra
 
 
 def cut_at_stop(text: str, stops) -> str:
@@ -166,8 +162,8 @@ def normalize(text: str) -> str:
 def token_f1(expected: str, answer: str) -> float:
     """Word-overlap F1 (as in SQuAD) for free-text answers that cannot match exactly.
 
-    >>> token_f1("the cat sat", "a cat sat down")
-    0.5714285714285714
+    >>> round(token_f1("the cat sat", "a cat sat down"), 3)
+    0.571
     """
     want, got = normalize(expected).split(), normalize(answer).split()
     common = sum(min(want.count(w), got.count(w)) for w in set(want))
@@ -186,8 +182,8 @@ def _scorer(scorer) -> Callable[[str, str], float]:
         return lambda expected, answer: float(normalize(expected) in normalize(answer))
     if scorer == "f1":
         return token_f1
-    raise ValueError(f"scorer must be 'exact', 'contains', 'f1' or a function (expected, answer) -> "
-                     f"bool or float in [0, 1]; got {scorer!r}")
+    raise SettingsError(f"scorer {scorer!r} is unknown. Fix: use 'exact', 'contains', 'f1' or "
+                        "a function (expected, answer) -> bool or float in [0, 1]")
 
 
 @dataclass
@@ -228,38 +224,76 @@ def _split_row(row, index: int) -> tuple[list[dict], str]:
     messages = row["messages"] if isinstance(row, dict) and "messages" in row else row
     if (not isinstance(messages, (list, tuple)) or not messages
             or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant"):
-        raise ValueError(f"eval row {index}: expected a conversation ending with the expected "
-                         "assistant answer, e.g. [{'role': 'user', ...}, {'role': 'assistant', "
-                         "'content': expected}]")
+        raise DataError(f"eval row {index}: expected a conversation ending with the expected "
+                        "assistant answer. Fix: e.g. [{'role': 'user', ...}, {'role': "
+                        "'assistant', 'content': expected}]")
     return list(messages[:-1]), messages[-1]["content"]
+
+
+def _questions(tokenizer, eval_rows, chat_format, scorer):
+    """(format, [(messages, expected)], prompts): bad rows, no rows and unknown scorers fail
+    here, before any model runs."""
+    _scorer(scorer)
+    fmt = _format(chat_format, tokenizer)
+    pairs = [_split_row(row, i) for i, row in enumerate(eval_rows)]
+    if not pairs:
+        raise DataError("no held-out rows to score. Fix: pass a list of conversations, each "
+                        "ending with the expected assistant answer (e.g. the .eval of "
+                        "lorahelpers.pipeline.prepare_data).")
+    return fmt, pairs, [_prompt(tokenizer, messages, fmt) for messages, _ in pairs]
+
+
+def _report(pairs, answers, scorer) -> EvalReport:
+    """The EvalReport of `answers` to the (messages, expected) `pairs`, whatever ran the model."""
+    score_fn = _scorer(scorer)
+    rows = []
+    for (messages, expected), answer in zip(pairs, answers, strict=True):
+        value = float(score_fn(expected, answer))
+        if not 0.0 <= value <= 1.0:
+            raise SettingsError(f"scorer returned {value} for {expected!r}. Fix: return a bool "
+                                "or a float in [0, 1]")
+        rows.append({"prompt": messages[-1]["content"] if messages else "",
+                     "expected": expected, "answer": answer, "correct": value})
+    score = 100.0 * sum(r["correct"] for r in rows) / len(rows)
+    name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
+    return EvalReport(score, rows, name)
 
 
 def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
              batch_size: int = 8, max_new_tokens: int = 64) -> EvalReport:
     """Answer each held-out conversation's last user turn greedily (batched, left-padded) and
     score the answer against the conversation's assistant message: "exact" (normalized
-    equality), "contains" (expected appears in the answer) or a function
-    (expected, answer) -> bool/float.
+    equality), "contains" (expected appears in the answer), "f1" or a function
+    (expected, answer) -> bool/float in [0, 1].
 
     >>> evaluate(model, tokenizer, eval_conversations, "exact", "chatml").score  # doctest: +SKIP
     72.0
     """
-    score_fn = _scorer(scorer)
-    fmt = _format(chat_format, tokenizer)
-    pairs = [_split_row(row, i) for i, row in enumerate(eval_rows)]
-    prompts = [_prompt(tokenizer, messages, fmt) for messages, _ in pairs]
+    fmt, pairs, prompts = _questions(tokenizer, eval_rows, chat_format, scorer)
     answers = _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens)
-    rows = []
-    for (messages, expected), answer in zip(pairs, answers, strict=True):
-        value = float(score_fn(expected, answer))
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"scorer returned {value} for {expected!r}; it must return a bool "
-                             "or a float in [0, 1]")
-        rows.append({"prompt": messages[-1]["content"] if messages else "",
-                     "expected": expected, "answer": answer, "correct": value})
-    score = 100.0 * sum(r["correct"] for r in rows) / len(rows) if rows else 0.0
-    name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
-    return EvalReport(score, rows, name)
+    return _report(pairs, answers, scorer)
+
+
+def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
+                  max_new_tokens: int = 64, n_gpu_layers: int = 0, lora_path=None) -> EvalReport:
+    """evaluate, run by llama.cpp: the same prompts (rendered by chat_format), stop tokens,
+    scorers and report, for a GGUF (with `lora_path`, an adapter GGUF over it). Greedy, one
+    row at a time; n_gpu_layers=-1 puts every layer on the GPU (a llama.cpp CUDA build).
+
+    >>> evaluate_gguf("out/m-q8_0.gguf", eval_rows, fmt, tokenizer).score  # doctest: +SKIP
+    100.0
+    """
+    from lorahelpers.llamacpp import GGUFRunner
+
+    fmt, pairs, prompts = _questions(tokenizer, eval_rows, chat_format, scorer)
+    stops, stop_ids, _ = _stops(tokenizer, fmt)
+    longest = max(len(tokenizer(p)["input_ids"]) for p in prompts)
+    with GGUFRunner(gguf, lora_path, n_ctx=longest + max_new_tokens + 8,
+                    n_gpu_layers=n_gpu_layers) as runner:
+        answers = [cut_at_stop(runner.detokenize(runner.greedy(runner.tokenize(p),
+                                                               max_new_tokens, stop_ids)), stops)
+                   for p in prompts]
+    return _report(pairs, answers, scorer)
 
 
 def _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens) -> list[str]:

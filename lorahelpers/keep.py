@@ -20,6 +20,7 @@ from array import array
 from pathlib import Path
 
 from lorahelpers.atomic import atomic_dir, atomic_path, write_atomic
+from lorahelpers.errors import SettingsError
 
 DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
 OFF = "off"
@@ -88,8 +89,8 @@ def keep(path, folder, root=None) -> Path | None:
         return None
     source = Path(path)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: nothing to keep, it does not exist. Fix: keep a "
-                                "file or folder that the run has written")
+        raise SettingsError(f"{source}: nothing to keep, it does not exist. Fix: keep a "
+                            "file or folder that the run has written")
     target = Path(folder) / _relative(source, root)
     if source.is_dir():
         with atomic_dir(target) as tmp:
@@ -118,16 +119,23 @@ def _same_file(a: Path, b: Path) -> bool:
     return sa.st_size == sb.st_size and sa.st_mtime_ns == sb.st_mtime_ns
 
 
-def last_checkpoint(directory: Path) -> Path | None:
+def last_checkpoint(directory: Path, remove_incomplete: bool = False) -> Path | None:
     """The newest complete checkpoint-N in `directory` (one with a readable
-    trainer_state.json, which the trainer writes last), or None."""
+    trainer_state.json, which the trainer writes last and not atomically), or None. With
+    `remove_incomplete`, a checkpoint cut short (by Ctrl-C) is deleted, so that neither resume
+    nor checkpoint rotation picks it up.
+
+    >>> last_checkpoint(Path("no-such-folder")) is None
+    True
+    """
     complete = []
-    for path in Path(directory).glob("checkpoint-*"):
+    for path in Path(directory).glob("checkpoint-*") if Path(directory).is_dir() else ():
         try:
             json.loads((path / "trainer_state.json").read_text())
             complete.append((int(path.name.rsplit("-", 1)[-1]), path))
         except (OSError, ValueError):
-            continue
+            if remove_incomplete:
+                shutil.rmtree(path, ignore_errors=True)
     return max(complete)[1] if complete else None
 
 

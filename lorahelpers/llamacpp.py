@@ -21,11 +21,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from lorahelpers.models import cache_dir
+from lorahelpers.atomic import atomic_dir
+from lorahelpers.errors import ExportError
+from lorahelpers.pins import LLAMA_CPP_PYTHON, PORTABLE_CMAKE_ARGS
+from lorahelpers.quants import GGUF_TYPES
+from lorahelpers.runtime import cache_dir
 
 PACKAGE = "llama-cpp-python"
-TESTED_VERSION = "0.3.36"
-PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+TESTED_VERSION = LLAMA_CPP_PYTHON
 # What the converters need from the 77 MB source release (about 2 MB); the C sources stay out.
 KEEP = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/gguf/",
         "gguf-py/pyproject.toml", "gguf-py/LICENSE", "requirements/", "requirements.txt",
@@ -33,10 +36,6 @@ KEEP = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf
 REQUIRED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/__init__.py",
             "gguf-py/gguf/__init__.py")
 GGUF_MAGIC = b"GGUF"
-
-
-class ExportError(RuntimeError):
-    """Merging or exporting failed; the message says why and what to do."""
 
 
 class LlamaCppMissingError(ExportError):
@@ -57,7 +56,7 @@ class TokenizerNotRecognizedError(ExportError):
 
 def install_hint() -> str:
     return (
-        f"Install it with portable CPU flags (about 6 minutes once; pip caches the wheel):\n"
+        f"install it with portable CPU flags (about 6 minutes once; pip caches the wheel):\n"
         f'    CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" CMAKE_BUILD_PARALLEL_LEVEL=2 \\\n'
         f"        pip install {PACKAGE}=={TESTED_VERSION}\n"
         "or run `make setup`. (The default native build has crashed with 'Illegal instruction' "
@@ -69,16 +68,16 @@ def llama_cpp_version() -> str:
     try:
         return importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise LlamaCppMissingError(f"{PACKAGE} is not installed; exporting to GGUF needs it.\n"
-                                   + install_hint()) from None
+        raise LlamaCppMissingError(f"{PACKAGE} is not installed; exporting to GGUF needs it.",
+                                   fix=install_hint()) from None
 
 
 def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError as e:
-        raise LlamaCppMissingError(f"{PACKAGE} cannot be imported ({e}).\n"
-                                   + install_hint()) from None
+        raise LlamaCppMissingError(f"{PACKAGE} cannot be imported ({e}).",
+                                   fix=install_hint()) from None
     return llama_cpp
 
 
@@ -113,22 +112,17 @@ def converter_dir(progress=print) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     progress(f"Fetching llama.cpp's converter from the {PACKAGE} {version} source release "
              f"(once, about 77 MB) into {target}...")
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.tmp-", dir=target.parent) as tmp:
-        sdist = _download_sdist(version, Path(tmp) / "download")
-        tree = Path(tmp) / "tree"
+    # An incomplete one there (written by hand) is replaced.
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.download-", dir=target.parent) \
+            as download, atomic_dir(target) as tree:
+        sdist = _download_sdist(version, Path(download))
         _extract_converter(sdist, tree)
         if not _is_complete(tree):
             missing = [n for n in REQUIRED if not (tree / n).is_file()]
             raise ConverterUnavailableError(
                 f"{sdist.name} lacks {', '.join(missing)} under vendor/llama.cpp/; this "
-                f"{PACKAGE} release does not ship the converter lorahelpers expects.")
-        if target.exists():  # an incomplete leftover written by hand
-            shutil.rmtree(target)
-        try:
-            os.rename(tree, target)
-        except OSError:
-            if not _is_complete(target):  # someone else finished first: theirs is as good
-                raise
+                f"{PACKAGE} release does not ship the converter lorahelpers expects. Fix: "
+                f"install llama-cpp-python=={TESTED_VERSION}")
     return target
 
 
@@ -142,7 +136,7 @@ def _download_sdist(version: str, dest: Path) -> Path:
         raise ConverterUnavailableError(
             f"Could not download the {PACKAGE} {version} source release, which holds llama.cpp's "
             f"converter scripts. pip said:\n{said}\n"
-            "This is a one-time step: when online, run\n"
+            "This is a one-time step. Fix: when online, run\n"
             "    python -c 'from lorahelpers.export import converter_dir; converter_dir()'\n"
             f"(or `make setup`); it is then cached in {_cached_dir(version)}.")
     return found[0]
@@ -256,8 +250,8 @@ def classify_failure(script: str, args: list[str], lines: list[str], code: int,
             f"tokenizer's BPE pre-tokenizer (chkhsh {chkhsh}). It identifies BPE tokenizers by "
             "a hash of how they split a test string, and this hash is not in "
             "convert_hf_to_gguf.py's list, so llama.cpp would tokenize text differently from "
-            f"the model. Use a newer {PACKAGE} whose converter knows it, or a base model with a "
-            "known tokenizer (its original, unmodified tokenizer files). Changing add_bos_token "
+            f"the model. Fix: use a newer {PACKAGE} whose converter knows it, or a base model "
+            "with a known tokenizer (its original, unmodified tokenizer files). Changing add_bos_token "
             "or the pre-tokenizer settings in tokenizer.json also changes the hash.")
     unsupported = re.search(r"Model (\S+) is not supported|Architecture '([^']+)' not supported",
                             text)
@@ -267,11 +261,12 @@ def classify_failure(script: str, args: list[str], lines: list[str], code: int,
     missing = re.search(r"No module named '([\w.]+)'", text)
     if missing:
         return ExportError(f"llama.cpp's {script} needs the Python package "
-                           f"{missing.group(1).split('.')[0]!r}: pip install it and retry.")
+                           f"{missing.group(1).split('.')[0]!r}. Fix: pip install it and retry.")
     killed = " (killed: out of memory?)" if code in (-9, 137) else ""
     last = "\n".join(lines[-15:])
     return ExportError(f"llama.cpp's {script} failed on {where} with exit code {code}{killed}. "
-                       f"Its last lines:\n{last}")
+                       f"Its last lines:\n{last}\nFix: read those lines; with 'killed', free "
+                       "memory or export a smaller type")
 
 
 @contextlib.contextmanager
@@ -294,33 +289,99 @@ def quiet_llama_logs():
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "bf16": 32}
+class GGUFRunner:
+    """A GGUF loaded by llama.cpp (optionally with a LoRA adapter GGUF over it), its C log kept
+    out of the output: tokenize, next-token logits, greedy decoding, detokenize. Verification
+    and GGUF scoring both run models through it.
+
+    >>> with GGUFRunner("out/m-q8_0.gguf", n_ctx=256) as gguf:  # doctest: +SKIP
+    ...     gguf.detokenize(gguf.greedy(gguf.tokenize("Hi"), 8, stop_ids={2}))
+    """
+
+    def __init__(self, path, lora_path=None, n_ctx: int = 512, n_gpu_layers: int = 0):
+        llama_cpp = import_llama_cpp()
+        self.quiet = quiet_llama_logs()
+        log = self.quiet.__enter__()
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
+                n_threads=os.cpu_count() or 1, n_gpu_layers=n_gpu_layers, verbose=False,
+                lora_path=str(lora_path) if lora_path else None)
+        except (ValueError, RuntimeError) as e:
+            self.quiet.__exit__(None, None, None)
+            said = "".join(log[-5:]).strip()
+            raise ExportError(f"llama.cpp cannot load {path}"
+                              f"{f' with adapter {lora_path}' if lora_path else ''} ({e}): "
+                              f"{said}", fix="check that the file is a complete GGUF of an "
+                              "architecture this llama-cpp-python supports (re-export it, or "
+                              "upgrade llama-cpp-python)") from None
+        self.template = None if lora_path else self.llm.metadata.get("tokenizer.chat_template")
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+
+    def logits(self, ids: list[int]):
+        """Next-token logits at every position of `ids`, as a (len(ids), vocab) numpy array."""
+        import numpy as np
+
+        self.llm.reset()
+        self.llm.eval(ids)
+        return np.array(self.llm.scores[: self.llm.n_tokens])
+
+    def greedy(self, ids: list[int], n: int, stop_ids) -> list[int]:
+        """Up to `n` argmax tokens after `ids`, the first of `stop_ids` included."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        out: list[int] = []
+        for _ in range(n):
+            token = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
+            out.append(token)
+            if token in stop_ids or len(out) == n:
+                break
+            self.llm.eval([token])
+        return out
+
+    def close(self) -> None:
+        self.llm.close()
+        self.quiet.__exit__(None, None, None)
+
+    def __enter__(self) -> GGUFRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def quantize(src: Path, dst: Path, quant: str, nthread: int = 0) -> None:
     """Quantize a 16/32-bit GGUF with llama.cpp's C quantizer (what llama-quantize runs)."""
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[quant]
+    params.ftype = GGUF_TYPES[quant].ftype
     params.nthread = nthread
     with quiet_llama_logs() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
                                             ctypes.byref(params))
     if rc != 0:
         said = "".join(log[-10:]).strip()
-        raise ExportError(f"llama.cpp could not quantize {src} to {quant} (code {rc}):\n{said}")
+        raise ExportError(f"llama.cpp could not quantize {src} to {quant} (code {rc}):\n{said}\n"
+                          "Fix: check the message above; export f16 or q8_0, which need no "
+                          "quantizing step")
 
 
 def check_gguf(path: Path) -> Path:
     """Path of an existing GGUF file, or an error naming what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such GGUF file")
+        raise ExportError(f"{path}: no such GGUF file. Fix: check the path, or export it with "
+                          "export_gguf")
     with open(path, "rb") as f:
         head = f.read(4)
     if head != GGUF_MAGIC:
         raise ExportError(f"{path} is not a GGUF file (it starts with {head!r}, not b'GGUF'). "
-                          "Pass a .gguf written by export_gguf or export_adapter_gguf.")
+                          "Fix: pass a .gguf written by export_gguf or export_adapter_gguf.")
     return path
 
 

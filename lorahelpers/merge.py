@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lorahelpers.llamacpp import ExportError
+from lorahelpers.atomic import atomic_dir
+from lorahelpers.errors import ExportError
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
@@ -74,18 +73,19 @@ def read_header(path: Path) -> dict:
         raw = f.read(8)
         n = struct.unpack("<Q", raw)[0] if len(raw) == 8 else -1
         if n <= 0 or n > size - 8:
-            raise MergeError(f"{path} is not a safetensors file (bad header length); "
+            raise MergeError(f"{path} is not a safetensors file (bad header length). Fix: "
                              "re-copy or re-download it.")
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
-            raise MergeError(f"{path}: unreadable safetensors header ({e}); re-copy or "
+            raise MergeError(f"{path}: unreadable safetensors header ({e}). Fix: re-copy or "
                              "re-download it.") from None
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
               default=0)
     if 8 + n + end != size:
         raise MergeError(f"{path} is truncated or damaged: its header describes "
-                         f"{8 + n + end} bytes, the file has {size}. Re-copy or re-download it.")
+                         f"{8 + n + end} bytes, the file has {size}. Fix: re-copy or "
+                         "re-download it.")
     return header
 
 
@@ -99,11 +99,13 @@ def checkpoint_shards(model_dir: Path) -> list[Path]:
         names = ["model.safetensors"]
     else:
         raise MergeError(f"{model_dir} holds no model.safetensors (or index): streaming needs "
-                         "safetensors weights. Re-save the model with save_pretrained().")
+                         "safetensors weights. Fix: save the model again with "
+                         "save_pretrained().")
     shards = [model_dir / n for n in names]
     for shard in shards:
         if not shard.is_file():
-            raise MergeError(f"{index} lists {shard.name}, which is missing from {model_dir}.")
+            raise MergeError(f"{index} lists {shard.name}, which is missing from {model_dir}. "
+                             "Fix: copy the whole checkpoint again.")
         read_header(shard)
     return shards
 
@@ -132,18 +134,17 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
     for key in [*loras, *replaced, *own_base]:
         if key not in base_keys and not (key == LM_HEAD and EMBED in base_keys):
             raise MergeError(f"{adapter_dir}: the adapter changes {key}, which {base} does not "
-                             "have. Is this the base the adapter was trained on?")
+                             "have. Fix: pass the base the adapter was trained on.")
     touched = set(loras) | set(replaced)
     # Tied embeddings that the adapter changes on one side only must be written apart;
     # transformers would otherwise tie them again on load.
     tied = json.loads((base / "config.json").read_text()).get("tie_word_embeddings",
                                                              LM_HEAD not in base_keys)
     untie = bool(tied) and EMBED in base_keys and bool({EMBED, LM_HEAD} & touched)
+    check_output_dir(out_dir)
     _check_disk(out_dir, sum(s.stat().st_size for s in shards) * (1.3 if untie else 1.0))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         weight_map, written, total = {}, 0, 0
         for i, (shard, header) in enumerate(zip(shards, headers, strict=True)):
             keys = [k for k in header if k != "__metadata__"]
@@ -161,10 +162,6 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
         embed = replaced.get(EMBED, own_base.get(EMBED))
         _write_config(base, tmp, untie, None if embed is None else embed.shape[0])
         _write_tokenizer(adapter_dir, base, tmp, chat_format)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return MergeResult(out_dir, base, requested, from_4bit, len(touched), written, untie,
                        time.monotonic() - start)
 
@@ -172,11 +169,12 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
 def _adapter_config(adapter_dir: Path) -> dict:
     path = adapter_dir / "adapter_config.json"
     if not path.is_file():
-        raise MergeError(f"{adapter_dir} has no adapter_config.json: pass the directory "
+        raise MergeError(f"{adapter_dir} has no adapter_config.json. Fix: pass the directory "
                          "model.save_pretrained() wrote for the PEFT adapter.")
     config = json.loads(path.read_text())
     if config.get("peft_type", "LORA") != "LORA":
-        raise MergeError(f"{path}: peft_type {config['peft_type']!r}; only LoRA adapters merge.")
+        raise MergeError(f"{path}: peft_type {config['peft_type']!r}; only LoRA adapters merge. "
+                         "Fix: train a LoRA adapter (lorahelpers.models.add_lora).")
     return config
 
 
@@ -191,7 +189,8 @@ def _load_adapter(adapter_dir: Path, config: dict):
         tensors = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu",
                              weights_only=True)
     else:
-        raise MergeError(f"{adapter_dir} has no adapter_model.safetensors.")
+        raise MergeError(f"{adapter_dir} has no adapter_model.safetensors. Fix: save the "
+                         "adapter again (lorahelpers.models.save_adapter).")
     loras: dict[str, _Lora] = {}
     replaced: dict[str, torch.Tensor] = {}
     own_base: dict[str, torch.Tensor] = {}
@@ -220,11 +219,13 @@ def _load_adapter(adapter_dir: Path, config: dict):
             replaced[key] = t  # modules_to_save: a fully trained copy of the module
         else:
             raise MergeError(f"{path}: tensor {name!r} is not a LoRA A/B, DoRA magnitude or "
-                             "full weight; lorahelpers cannot merge it.")
+                             "full weight; lorahelpers cannot merge it. Fix: train the adapter "
+                             "with lorahelpers.models.add_lora.")
     use_rslora = bool(config.get("use_rslora"))
     for key, lora in loras.items():
         if lora.left is None or lora.right is None:
-            raise MergeError(f"{path}: {key} has only one of lora_A/lora_B; the file is damaged.")
+            raise MergeError(f"{path}: {key} has only one of lora_A/lora_B; the file is damaged. "
+                             "Fix: save the adapter again.")
         r = lora.right.shape[0]
         alpha = _pattern_value(config.get("alpha_pattern") or {}, key.removesuffix(".weight"),
                                config.get("lora_alpha", r))
@@ -275,8 +276,8 @@ class _Source:
             where = "already in the base weights" if not torch.isfinite(w).all() else \
                 "from the adapter (did training diverge?)"
             raise MergeError(f"{self.shard}: merging {self.key} rows {start}-{stop} gives "
-                             f"NaN/Inf, {where}. Check the adapter's training loss; retrain "
-                             "with a lower learning rate.")
+                             f"NaN/Inf, {where}. Fix: check the adapter's training loss; "
+                             "retrain with a lower learning rate.")
         return merged
 
 
@@ -297,11 +298,13 @@ def _write_shard(path: Path, sources: dict[str, _Source]) -> int:
             for block in s.blocks(f):
                 if s.dtype.is_floating_point and not torch.isfinite(block).all():
                     raise MergeError(f"{s.shard}: tensor {s.key} holds NaN/Inf (after casting "
-                                     f"to {s.dtype_name}, or already in the base).")
+                                     f"to {s.dtype_name}, or already in the base). Fix: "
+                                     "check the base model's weights and the adapter's loss.")
                 out.write(block.contiguous().reshape(-1).view(torch.uint8).numpy().data)
     if path.stat().st_size != 8 + len(raw) + offset:
         raise MergeError(f"{path}: wrote {path.stat().st_size} bytes, expected "
-                         f"{8 + len(raw) + offset}; a tensor changed shape while merging.")
+                         f"{8 + len(raw) + offset}; a tensor changed shape while merging. "
+                         "Fix: merge again, with nothing else writing to the base.")
     return offset
 
 
@@ -342,21 +345,19 @@ def _check_disk(out_dir: Path, need: float) -> None:
     free = shutil.disk_usage(probe).free
     if free < need + 2**28:
         raise ExportError(f"{probe}: {free / 1e9:.1f} GB free, but writing to {out_dir} needs "
-                          f"about {need / 1e9:.1f} GB. Free some space or write elsewhere.")
+                          f"about {need / 1e9:.1f} GB. Fix: free some space or write "
+                          "elsewhere.")
 
 
-def replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished directory `tmp` to `out_dir`, replacing an earlier result there."""
-    old = None
-    if out_dir.exists():
-        if any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-            raise MergeError(f"{out_dir} exists and is not a model checkpoint; refusing to "
-                             "replace it. Choose another output directory.")
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.rename(out_dir, old)
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def check_output_dir(out_dir: Path) -> None:
+    """Refuse an `out_dir` that holds something other than an earlier checkpoint, which
+    writing there would replace.
+
+    >>> check_output_dir(Path("outputs/merged"))  # doctest: +SKIP
+    """
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise MergeError(f"{out_dir} exists and is not a model checkpoint; refusing to "
+                         "replace it. Fix: choose another output directory.")
 
 
 def original_16bit_name(name: str) -> str | None:
@@ -393,13 +394,14 @@ def resolve_base(config: dict, base_dir=None) -> tuple[Path, str, bool]:
     """(16-bit base directory, the base as named, whether that name was a 4-bit base)."""
     requested = str(base_dir) if base_dir is not None else config.get("base_model_name_or_path")
     if not requested:
-        raise MergeError("adapter_config.json names no base model: pass base_dir=.")
+        raise MergeError("adapter_config.json names no base model. Fix: pass base_dir=.")
     path = None if original_16bit_name(requested) else fetch_base(requested)
     if path is None and not original_16bit_name(requested):
         raise MergeError(f"Cannot find the base model {requested}: it is neither a local "
-                         "directory nor downloadable here. Pass its directory as base_dir.")
+                         "directory nor downloadable here. Fix: pass its directory as "
+                         "base_dir.")
     if path is not None and not (path / "config.json").is_file():
-        raise MergeError(f"{path} has no config.json: pass the base model's checkpoint "
+        raise MergeError(f"{path} has no config.json. Fix: pass the base model's checkpoint "
                          "directory as base_dir.")
     if path is not None and not _is_4bit(path):
         return path, requested, False
@@ -410,12 +412,12 @@ def resolve_base(config: dict, base_dir=None) -> tuple[Path, str, bool]:
         original = original_16bit_name(requested)
     if original is None:
         raise MergeError(f"{requested} is 4-bit quantized; merging needs the 16-bit weights "
-                         "it was made from: pass them as base_dir.")
+                         "it was made from. Fix: pass them as base_dir.")
     path16 = fetch_base(original)
     if path16 is None or _is_4bit(path16):
         raise MergeError(
             f"The adapter was trained on the 4-bit {requested}; merging needs its 16-bit "
-            f"original {original}, which is neither local nor downloadable here. Download it "
+            f"original {original}, which is neither local nor downloadable here. Fix: download it "
             f"where the Hugging Face Hub is reachable (huggingface-cli download {original}) "
             "and pass its directory as base_dir.")
     return path16, requested, True

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorahelpers.atomic import write_atomic
+from lorahelpers.errors import SettingsError
 
 # Parameters that every Ollama since 0.5.5 parses, with their Go types.
 PARAMETER_TYPES = {
@@ -89,7 +90,7 @@ def num_ctx_for(max_seq_length: int | None) -> int:
         return DEFAULT_NUM_CTX
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) \
             or max_seq_length < 1:
-        raise ValueError(f"max_seq_length must be a positive int, got {max_seq_length!r}. "
+        raise SettingsError(f"max_seq_length must be a positive int, got {max_seq_length!r}. "
                          "Fix: pass the max_seq_length the model was trained with.")
     return max(2048, 1 << (max_seq_length - 1).bit_length())
 
@@ -107,18 +108,18 @@ def _quote(value: str, what: str, bare: bool = False) -> str:
     for i, ch in enumerate(value):
         if not (_go_printable(ch) or ch in "\t\n\r"):
             name = unicodedata.name(ch, "a control character")
-            raise ValueError(f"{what} has U+{ord(ch):04X} ({name}) at character {i}: Ollama's "
-                             "Modelfile parser silently drops it. Remove it (register() sends "
-                             "text through the API, which keeps it).")
+            raise SettingsError(f"{what} has U+{ord(ch):04X} ({name}) at character {i}: "
+                                "Ollama's Modelfile parser silently drops it. Fix: remove it "
+                                "(register() sends text through the API, which keeps it).")
     if bare and value and value.strip(_GO_SPACE) == value and not value.startswith('"') \
             and "\n" not in value and "\r" not in value:
         return value
     lines = re.split(r"[\r\n]", value)
     for n, line in enumerate(lines[:-1], 1):
         if line.rstrip(_GO_SPACE).endswith('"""'):
-            raise ValueError(f"{what} cannot be written to a Modelfile: its line {n} ends with "
-                             f"three quotes, which would end Ollama's quoting early: {line!r}. "
-                             "Rephrase that line.")
+            raise SettingsError(f"{what} cannot be written to a Modelfile: its line {n} ends "
+                                f"with three quotes, which would end Ollama's quoting early: "
+                                f"{line!r}. Fix: rephrase that line.")
     return '"""' + value + '"""'
 
 
@@ -134,7 +135,8 @@ def _go_actions(template: str) -> list[tuple[bool, str]]:
         while (m := pattern.search(template, k)) and m.group() != "}}":
             k = m.end()
         if m is None:
-            raise ValueError(f"TEMPLATE has an unclosed action at character {j}")
+            raise SettingsError(f"TEMPLATE has an unclosed action at character {j}. Fix: close "
+                                "it with }}")
         pieces.append((True, template[j:m.end()]))
         i = m.end()
     pieces.append((False, template[i:]))
@@ -174,23 +176,26 @@ def check_parameters(parameters: dict | None, stop: tuple[str, ...] = (),
     for name, value in params.items():
         kind = PARAMETER_TYPES.get(name)
         if name in DEPRECATED:
-            raise ValueError(f"parameter {name!r} is deprecated: Ollama ignores it; remove it")
+            raise SettingsError(f"parameter {name!r} is deprecated: Ollama ignores it. Fix: "
+                                "remove it")
         if kind is None:
-            raise ValueError(f"unknown Ollama parameter {name!r}; valid: "
-                             f"{', '.join(sorted(PARAMETER_TYPES))}")
+            raise SettingsError(f"unknown Ollama parameter {name!r}. Fix: use one of "
+                                f"{', '.join(sorted(PARAMETER_TYPES))}")
         ok = isinstance(value, bool) if kind is bool else (
             isinstance(value, (int, float)) and not isinstance(value, bool)
             and (kind is float or isinstance(value, int)))
         if not ok or kind is float and not abs(value) < 3.4e38:
-            raise ValueError(f"parameter {name!r} needs a finite {kind.__name__}, got {value!r}")
+            raise SettingsError(f"parameter {name!r} needs a finite {kind.__name__}, got "
+                                f"{value!r}. Fix: pass a number of that type")
         if name == "typical_p" and not ollama_rules(version).typical_p:
-            raise ValueError(f"parameter 'typical_p' is refused by Ollama {version} (0.34.1 and "
-                             "later answer 'typical_p is no longer supported'). Fix: remove it "
-                             "(top_p and min_p are the nearest samplers that remain).")
+            raise SettingsError(f"parameter 'typical_p' is refused by Ollama {version} (0.34.1 "
+                                "and later answer 'typical_p is no longer supported'). Fix: "
+                                "remove it (top_p and min_p are the nearest samplers that remain).")
         out[name] = float(value) if kind is float else value
     for s in stops:
         if not isinstance(s, str) or not s:
-            raise ValueError(f"stop strings must be non-empty strings, got {s!r}")
+            raise SettingsError(f"stop string {s!r} is empty or not a string. Fix: give "
+                                "non-empty strings")
     return out
 
 
@@ -231,19 +236,18 @@ def render_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter
     actions. A SYSTEM text that cannot be held (a line ending in three quotes and another in one
     quote, or a character the parser drops) is rejected with ValueError, never altered.
 
-    >>> print(render_modelfile("out/m.gguf", get_chat_format("chatml")))  # doctest: +SKIP
-    FROM ./m.gguf
-    TEMPLATE \"\"\"{{ range $i, $m := .Messages }}...\"\"\"
-    PARAMETER stop <|im_end|>
-    PARAMETER stop <|im_start|>
-    PARAMETER num_ctx 4096
+    >>> from lorahelpers.chat import get_chat_format
+    >>> lines = render_modelfile("out/m.gguf", get_chat_format("chatml")).splitlines()
+    >>> lines[0], lines[-3:]
+    ('FROM ./m.gguf', ['PARAMETER stop <|im_end|>', 'PARAMETER stop <|im_start|>',
+                       'PARAMETER num_ctx 4096'])
     """
     rules = ollama_rules(version)
     if adapter is not None and not rules.adapters:
-        raise ValueError(f"Ollama {version} refuses ADAPTER (0.34.1 and later answer 'LoRA "
-                         "adapters are no longer supported'). Fix: merge the adapter into its "
-                         "base (lorahelpers.pipeline.export_and_verify) and write the merged "
-                         "GGUF's Modelfile, or use an Ollama older than 0.34.1.")
+        raise SettingsError(f"Ollama {version} refuses ADAPTER (0.34.1 and later answer 'LoRA "
+                            "adapters are no longer supported'). Fix: merge the adapter into its "
+                            "base (lorahelpers.pipeline.export_and_verify) and write the merged "
+                            "GGUF's Modelfile, or use an Ollama older than 0.34.1.")
     gguf = Path(gguf)
     base = Path(modelfile_dir) if modelfile_dir is not None else gguf.parent
     lines = [f"FROM {_quote(_relative(gguf, base), 'FROM path', bare=True)}"]
@@ -265,8 +269,9 @@ def write_modelfile(gguf, chat_format, *, system=None, parameters=None, adapter=
                     path=None, max_seq_length=None, version=None) -> Path:
     """Write render_modelfile(...) atomically to `path` (default: Modelfile next to the GGUF).
 
-    >>> write_modelfile("out/m.gguf", get_chat_format("chatml"))  # doctest: +SKIP
-    PosixPath('out/Modelfile')
+    >>> from lorahelpers.chat import get_chat_format
+    >>> write_modelfile("out/m.gguf", get_chat_format("chatml")).as_posix()
+    'out/Modelfile'
     """
     path = Path(path) if path is not None else Path(gguf).parent / "Modelfile"
     text = render_modelfile(gguf, chat_format, system=system, parameters=parameters,

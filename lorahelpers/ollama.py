@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import OllamaError, SettingsError
 from .modelfile import (  # noqa: F401
     check_parameters,
     model_parameters,
@@ -43,10 +44,6 @@ _NAME = re.compile(rf"(?:(?:(?:(?!://).)*://)?{_HOST}/{_NS}/|{_NS}/)?{_PART}(?::
                    re.DOTALL)
 
 
-class OllamaError(RuntimeError):
-    """Ollama cannot do what was asked; the message says why and how to fix it."""
-
-
 # ---------------------------------------------------------------- server access
 
 def validate_model_name(name: str) -> str:
@@ -57,7 +54,7 @@ def validate_model_name(name: str) -> str:
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise OllamaError(
-            f"invalid model name {name!r}: use [namespace/]model[:tag], each part 1-80 of the "
+            f"invalid model name {name!r}. Fix: use [namespace/]model[:tag], each part 1-80 of the "
             "characters A-Z a-z 0-9 _ - . starting with a letter, digit or _ (no '.' in the "
             "namespace), e.g. 'my-model' or 'my-model:v1'")
     return name
@@ -116,7 +113,7 @@ def _require_server(url: str) -> str:
     version = server_available(url)
     if version is None:
         raise OllamaError(
-            f"No Ollama server answers at {url}. Start one: run `ollama serve` in a terminal "
+            f"No Ollama server answers at {url}. Fix: run `ollama serve` in a terminal "
             "(install: https://ollama.com/download), or in Python `from lorahelpers.ollama "
             "import start_server; server = start_server()` (on Colab: start_server(install="
             "True)). If it runs elsewhere, pass host= or set OLLAMA_HOST.")
@@ -124,7 +121,8 @@ def _require_server(url: str) -> str:
         need = ".".join(map(str, MIN_VERSION))
         raise OllamaError(
             f"The Ollama server at {url} is version {version}; registering needs {need} or "
-            f"newer (the structured /api/create). Upgrade it: curl -fsSL {INSTALL_SCRIPT} | sh")
+            f"newer (the structured /api/create). Fix: upgrade it with curl -fsSL "
+            f"{INSTALL_SCRIPT} | sh")
     return version
 
 
@@ -142,13 +140,13 @@ def sha256_file(path: Path) -> str:
 def _gguf_file(path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise OllamaError(f"{what} {path} does not exist: export the model first "
+        raise OllamaError(f"{what} {path} does not exist. Fix: export the model first "
                           "(lorahelpers.export) or pass the path of a .gguf file")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
         raise OllamaError(f"{what} {path} is not a GGUF file (invalid file magic {magic!r}; "
-                          "Ollama answers 'supplied file was not in GGUF format'). Export "
+                          "Ollama answers 'supplied file was not in GGUF format'). Fix: export "
                           "it with lorahelpers.export, which writes GGUF.")
     return path
 
@@ -179,13 +177,13 @@ def _upload(client, url: str, path: Path, progress) -> str:
     try:
         sent = client.create_blob(path)
     except ollama.ResponseError as e:
-        hint = (" The file changed while it was being sent: wait until nothing writes to it "
-                "(an export still running?) and register again.") \
-            if "digest mismatch" in e.error else ""
-        raise OllamaError(f"uploading {path} to {url} failed: {e.error}.{hint}") from None
+        fix = ("the file changed while it was being sent: wait until nothing writes to it "
+               "(an export still running?) and register again.") \
+            if "digest mismatch" in e.error else "check the server's log and register again."
+        raise OllamaError(f"uploading {path} to {url} failed: {e.error}.", fix=fix) from None
     if sent != digest:
-        raise OllamaError(f"{path} changed during the upload ({digest} before, {sent} after): "
-                          "wait until nothing writes to it and register again")
+        raise OllamaError(f"{path} changed during the upload ({digest} before, {sent} after). "
+                          "Fix: wait until nothing writes to it and register again")
     return digest
 
 
@@ -196,11 +194,12 @@ def _create_error(name: str, error: str, chat_format) -> OllamaError:
                            "the merged GGUF (register(..., merged=...)) without typical_p.")
     if "template" in error:
         return OllamaError(f"Ollama rejected the TEMPLATE of chat format "
-                           f"{getattr(chat_format, 'name', '?')!r}: {error}")
+                           f"{getattr(chat_format, 'name', '?')!r}: {error}. Fix: upgrade "
+                           "Ollama, or use a built-in chat format")
     if "GGUF format" in error or "file magic" in error or error == "unknown type":
-        return OllamaError(f"Ollama could not read the model file as GGUF: {error}. Export it "
-                           "again with lorahelpers.export.")
-    return OllamaError(f"ollama create {name} failed: {error}")
+        return OllamaError(f"Ollama could not read the model file as GGUF: {error}. Fix: export "
+                           "it again with lorahelpers.export.")
+    return OllamaError(f"ollama create {name} failed: {error}. Fix: check the server's log")
 
 
 def _create_api(url, name, gguf, adapter, chat_format, system, params, progress):
@@ -222,19 +221,19 @@ def _create_api(url, name, gguf, adapter, chat_format, system, params, progress)
         raise _create_error(name, e.error, chat_format) from None
     except (ConnectionError, httpx.TransportError) as e:
         raise OllamaError(f"lost the Ollama server at {url} while registering {name}: {e}. "
-                          "Is it still running?") from None
+                          "Fix: check that it still runs, and register again.") from None
 
 
 def _create_cli(url, name, gguf, adapter, chat_format, system, params, progress):
     binary = shutil.which("ollama")
     if binary is None:
-        raise OllamaError("neither the ollama Python client (pip install ollama) nor the "
-                          "ollama command is available")
+        raise OllamaError("neither the ollama Python client nor the ollama command is "
+                          "available. Fix: pip install ollama")
     try:  # params carry num_ctx and were checked against the server's version already
         modelfile = write_modelfile(gguf, chat_format, system=system, parameters=params,
                                     adapter=adapter)
     except ValueError as e:
-        raise OllamaError(f"{e}. Install the Python client (pip install ollama) to register "
+        raise OllamaError(f"{e}. Fix: install the Python client (pip install ollama) to register "
                           "through the API instead.") from None
     progress(f"ollama create {name} -f {modelfile}")
     proc = subprocess.Popen([binary, "create", name, "-f", str(modelfile)],
@@ -291,7 +290,7 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
     ('Q8_0', 'model')
     """
     if via not in ("auto", "api", "cli"):
-        raise ValueError(f"via must be 'auto', 'api' or 'cli', got {via!r}")
+        raise SettingsError(f"via={via!r} is unknown. Fix: use 'auto', 'api' or 'cli'")
     name = validate_model_name(name)
     gguf = _gguf_file(gguf, "GGUF")
     adapter = _gguf_file(adapter, "adapter") if adapter is not None else None
@@ -305,7 +304,7 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
                           "model's GGUF as gguf and this file as adapter=")
     if adapter is not None and _gguf_metadata(adapter).get("general.type") == "model":
         raise OllamaError(f"adapter {adapter} is not a LoRA GGUF (general.type is not "
-                          "'adapter'): export the adapter with lorahelpers.export")
+                          "'adapter'). Fix: export the adapter with lorahelpers.export")
     url = base_url(host)
     version = _require_server(url)
     rules = ollama_rules(version)
@@ -335,17 +334,19 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
         create(url, name, gguf, adapter, chat_format, system, params, progress)
         status, info = _request(f"{url}/api/show", "POST", {"model": name})
         if status != 200:
-            raise OllamaError(f"created {name} but /api/show answered {status}: {info}")
+            raise OllamaError(f"created {name} but /api/show answered {status}: {info}. Fix: "
+                              "check the server's log and register again")
         if verify:
             status, answer = _request(f"{url}/api/chat", "POST", timeout=600, body={
                 "model": name, "stream": False, "options": {"num_predict": 1},
                 "messages": [{"role": "user", "content": "Hello"}]})
             if status != 200:
-                raise OllamaError(f"registered {name}, but a test chat failed: {answer}")
+                raise OllamaError(f"registered {name}, but a test chat failed: {answer}. Fix: "
+                                  "check the server's log; the GGUF may not load there")
             progress(f"{name} answers: registration verified")
     except (urllib.error.URLError, ConnectionError) as e:
         raise OllamaError(f"lost the Ollama server at {url} while registering {name}: {e}. "
-                          "Is it still running?") from None
+                          "Fix: check that it still runs, and register again.") from None
     return {**info, "ollama_version": version, "registration": mode}
 
 
@@ -374,9 +375,10 @@ def chat(name, messages, host=None, stream=True, options=None) -> str:
         return "".join(parts)
     except ollama.ResponseError as e:
         if e.status_code == 404:
-            raise OllamaError(f"model {name!r} is not registered at {url} ({e.error}): "
+            raise OllamaError(f"model {name!r} is not registered at {url} ({e.error}). Fix: "
                               f"register({name!r}, gguf, chat_format) first") from None
-        raise OllamaError(f"chat with {name!r} failed: {e.error}") from None
+        raise OllamaError(f"chat with {name!r} failed: {e.error}. Fix: check the server's "
+                          "log") from None
     except (ConnectionError, httpx.TransportError):
         _require_server(url)
         raise
@@ -419,14 +421,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def _install() -> str:
     if not sys.platform.startswith("linux"):
-        raise OllamaError("install=True works on Linux (Colab); elsewhere install Ollama from "
+        raise OllamaError("install=True works on Linux (Colab) only. Fix: install Ollama from "
                           "https://ollama.com/download")
     sudo = [] if os.geteuid() == 0 or not shutil.which("sudo") else ["sudo"]
 
     def run(cmd, what):
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            raise OllamaError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            raise OllamaError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-2000:]}"
+                              "\nFix: install Ollama from https://ollama.com/download")
 
     if shutil.which("zstd") is None:  # the installer unpacks a .tar.zst since 0.14
         apt = [*sudo, "apt-get", "install", "-y", "zstd"]
@@ -439,7 +442,8 @@ def _install() -> str:
         run(["sh", str(script)], "the Ollama install script")
     binary = shutil.which("ollama")
     if binary is None:
-        raise OllamaError("the Ollama install script ran but no ollama command is on PATH")
+        raise OllamaError("the Ollama install script ran but no ollama command is on PATH. "
+                          "Fix: install Ollama from https://ollama.com/download")
     return binary
 
 
@@ -458,7 +462,7 @@ def start_server(install=False, timeout=60, host=None, log_path=None) -> ServerH
         return ServerHandle(url, version)
     binary = shutil.which("ollama") or (_install() if install else None)
     if binary is None:
-        raise OllamaError("The ollama command is not on PATH. Install it from "
+        raise OllamaError("The ollama command is not on PATH. Fix: install it from "
                           "https://ollama.com/download, or on Colab/Linux call "
                           "start_server(install=True).")
     log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / "ollama-serve.log"
@@ -473,11 +477,13 @@ def start_server(install=False, timeout=60, host=None, log_path=None) -> ServerH
             if proc.poll() is not None:
                 raise OllamaError(f"`ollama serve` exited with code {proc.returncode} before "
                                   f"answering at {url}. Its log {log_path} ends with:\n"
-                                  f"{_tail(log_path)}")
+                                  f"{_tail(log_path)}\nFix: see the log; is another server "
+                                  "using the port?")
             if time.monotonic() > deadline:
                 raise OllamaError(f"`ollama serve` did not answer at {url} within {timeout} s "
                                   f"and was stopped. Its log {log_path} ends with:\n"
-                                  f"{_tail(log_path)}")
+                                  f"{_tail(log_path)}\nFix: see the log, or start it with a "
+                                  "longer timeout=")
             time.sleep(0.2)
     except BaseException:
         handle.stop()

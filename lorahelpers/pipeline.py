@@ -1,15 +1,14 @@
-"""The whole path in a few calls: data -> score before -> train -> score after -> export ->
-verify -> Modelfile -> Ollama. The notebooks call these one per cell; `python -m lorahelpers
-demo` calls run_demo, which runs them all on the embedded model."""
+"""The notebooks' steps, one call per cell: data -> score before -> train -> score after ->
+export -> verify -> score the GGUF files -> Ollama. lorahelpers.demo runs them all on the
+embedded model."""
 
 from __future__ import annotations
 
+import dataclasses
 import html
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorahelpers.atomic import atomic_path, write_atomic
 from lorahelpers.params import Params
 
 
@@ -33,12 +32,12 @@ def prepare_data(params: Params, template: str | None = None, output_column: str
     """
     from lorahelpers.data import split, to_conversations
 
-    template = template if template is not None else params.template or None
-    output_column = output_column if output_column is not None else params.output_column or None
-    sheet = sheet if sheet is not None else params.sheet or None
-    eval_sheet = eval_sheet if eval_sheet is not None else params.eval_sheet or None
+    template = template if template is not None else params.template
+    output_column = output_column if output_column is not None else params.output_column
+    sheet = sheet if sheet is not None else params.sheet
+    eval_sheet = eval_sheet if eval_sheet is not None else params.eval_sheet
     kwargs = {"template": template, "output_column": output_column,
-              "system": params.system or None, "seed": params.seed}
+              "system": params.system, "seed": params.seed}
     if template is not None:
         kwargs["format"] = "table"
     train, report = to_conversations(params.data, sheet=sheet, **kwargs)
@@ -72,6 +71,7 @@ def train_settings(params: Params, **overrides):
               "batch_size": params.batch_size, "grad_accum": params.grad_accum,
               "learning_rate": params.learning_rate,
               "max_seq_length": params.max_seq_length, "seed": params.seed} | overrides
+    values = {k: v for k, v in values.items() if v is not None}  # None: the device default
     values.setdefault("keep_dir", keep_folder(params.keep_dir, params.output_dir,
                                               run_dir=values["output_dir"]))
     return TrainSettings(**values)
@@ -101,38 +101,6 @@ class Comparison:
         body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in self.rows())
         return (f"<table><tr><th>model ({self.n} held-out rows)</th><th>score (%)</th></tr>"
                 f"{body}</table>")
-
-
-def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
-                  max_new_tokens: int = 64, n_gpu_layers: int = 0):
-    """Score a GGUF with llama.cpp on held-out conversations, the prompts rendered by the same
-    ChatFormat as in training: the number to compare with inference.evaluate's.
-
-    >>> evaluate_gguf("out/m-q8_0.gguf", eval_rows, fmt, tokenizer).score  # doctest: +SKIP
-    """
-    from lorahelpers.inference import EvalReport, _scorer, cut_at_stop
-    from lorahelpers.verify import _GGUFRunner
-
-    score_fn = _scorer(scorer)
-    stop_ids = {tokenizer.convert_tokens_to_ids(s) for s in chat_format.stop
-                if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
-    prompts = [(list(row[:-1]), row[-1]["content"]) for row in eval_rows]
-    longest = max(len(tokenizer(chat_format.generation_prefix(m))["input_ids"]) for m, _ in prompts)
-    runner = _GGUFRunner(Path(gguf), None, n_ctx=longest + max_new_tokens + 8,
-                         n_gpu_layers=n_gpu_layers)
-    rows = []
-    try:
-        for messages, expected in prompts:
-            ids = runner.tokenize(chat_format.generation_prefix(messages))
-            out = runner.greedy(ids, max_new_tokens, stop_ids)
-            text = runner.llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-            answer = cut_at_stop(text, chat_format.stop)
-            rows.append({"prompt": messages[-1]["content"], "expected": expected,
-                         "answer": answer, "correct": float(score_fn(expected, answer))})
-    finally:
-        runner.close()
-    score = 100.0 * sum(r["correct"] for r in rows) / max(len(rows), 1)
-    return EvalReport(score, rows, scorer if isinstance(scorer, str) else "custom")
 
 
 # Without GPU offload llama.cpp scores a 3B q4_k_m GGUF on Colab's 2 CPU threads at a few
@@ -193,6 +161,7 @@ def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
 
     >>> score_ggufs(export.ggufs, data.eval, fmt, tokenizer)["q8_0"].score  # doctest: +SKIP
     """
+    from lorahelpers.inference import evaluate_gguf
     from lorahelpers.llamacpp import import_llama_cpp
     from lorahelpers.runtime import runtime_report
 
@@ -283,8 +252,14 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
 
 
 def register_or_skip(name, gguf, chat_format, system=None, host=None, progress=print,
-                     max_seq_length=None):
-    """Register with Ollama when a server answers; else (None, one-line reason)."""
+                     max_seq_length=None, adapter=None, merged=None):
+    """Register with Ollama (lorahelpers.ollama.register, `adapter` and `merged` included) when
+    a server answers: (what register returns, one line saying how); else (None, the reason).
+
+    >>> info, status = register_or_skip("my-model", gguf, fmt)  # doctest: +SKIP
+    >>> status  # doctest: +SKIP
+    "registered as 'my-model' (model) with Ollama 0.12.6"
+    """
     from lorahelpers.ollama import register, server_available
 
     version = server_available(host)
@@ -292,132 +267,120 @@ def register_or_skip(name, gguf, chat_format, system=None, host=None, progress=p
         return None, ("skipped: no Ollama server answers (start one with `ollama serve`, or "
                       "lorahelpers.ollama.start_server(install=True) on Colab)")
     info = register(name, gguf, chat_format, host=host, system=system, progress=progress,
-                    max_seq_length=max_seq_length)
-    return info, f"registered as {name!r} with Ollama {version}"
+                    max_seq_length=max_seq_length, adapter=adapter, merged=merged)
+    return info, f"registered as {name!r} ({info['registration']}) with Ollama {version}"
 
 
-@dataclass
-class DemoSummary:
-    params: Params
-    before: object
-    after: object
-    gguf_scores: dict[str, float]
-    export: ExportBundle
-    modelfile: Path
-    ollama: str
-    loss_plot: Path
-    train_seconds: float
-    total_seconds: float
+def merged_gguf(adapter_dir, base_dir, out_dir, name, quant, chat_format,
+                progress=print) -> Path:
+    """The adapter merged into the base checkpoint `base_dir` (out_dir/<name>-merged), written
+    as one GGUF of type `quant` into out_dir/gguf: what Ollama 0.34.1 and later register in
+    place of an adapter layer (pass it to register_or_skip as merged=).
 
-    def rows(self) -> list[tuple[str, str]]:
-        rows = [("held-out score before training", f"{self.before.score:.1f}%"),
-                ("held-out score after training", f"{self.after.score:.1f}%")]
-        rows += [(f"held-out score of the {q} GGUF (llama.cpp)", f"{s:.1f}%")
-                 for q, s in self.gguf_scores.items()]
-        rows += [(f"export {q}", r.status()) for q, r in self.export.reports.items()]
-        rows += [("Modelfile", str(self.modelfile)), ("Ollama", self.ollama),
-                 ("loss curve", str(self.loss_plot)),
-                 ("time", f"training {self.train_seconds:.0f} s, all {self.total_seconds:.0f} s")]
-        return rows
-
-    def __str__(self) -> str:
-        width = max(len(k) for k, _ in self.rows())
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in self.rows())
-
-    def as_dict(self) -> dict:
-        return {"before": self.before.score, "after": self.after.score,
-                "gguf_scores": self.gguf_scores, "held_out_rows": self.after.n,
-                "verified": {q: r.passed for q, r in self.export.reports.items()},
-                "verification": {q: {"top1": r.top1, "mean_kl": r.mean_kl, "nmse": r.nmse,
-                                     "greedy_match": r.greedy_match, "status": r.status()}
-                                 for q, r in self.export.reports.items()},
-                "ggufs": {q: str(p) for q, p in self.export.ggufs.items()},
-                "modelfile": str(self.modelfile), "ollama": self.ollama,
-                "loss_plot": str(self.loss_plot), "train_seconds": self.train_seconds,
-                "total_seconds": self.total_seconds, "max_steps": self.params.max_steps}
-
-
-def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoSummary:
-    """Fine-tune on the Alpaca sample with this machine's defaults, then export, verify and
-    register; print and return a summary. Overrides are Params fields (max_steps=..., ...).
-
-    >>> print(run_demo(max_steps=20))  # doctest: +SKIP
+    >>> merged_gguf(run.adapter_dir, base_dir, "out", "tagger", "q8_0", fmt)  # doctest: +SKIP
+    PosixPath('out/gguf/tagger-merged-q8_0.gguf')
     """
-    from lorahelpers.inference import evaluate
-    from lorahelpers.keep import keep, keep_folder
-    from lorahelpers.modelfile import write_modelfile
-    from lorahelpers.models import add_lora
-    from lorahelpers.params import default_params
-    from lorahelpers.plots import plot_history
+    from lorahelpers.export import export_gguf
+    from lorahelpers.merge import merge_lora
+
+    out = Path(out_dir)
+    merged = merge_lora(adapter_dir, out / f"{name}-merged", base_dir=base_dir,
+                        chat_format=chat_format, progress=progress)
+    return export_gguf(merged.out_dir, out / "gguf", f"{name}-merged", (quant,),
+                       progress=progress)[quant]
+
+
+# ---- the table notebook --------------------------------------------------------------------
+
+
+def use_upload(params: Params, uploaded) -> tuple[Params, str]:
+    """params reading an uploaded file (what Colab's files.upload() or an ipywidgets
+    FileUpload's .value holds), saved under output_dir/uploads, with no separate held-out
+    file; unchanged when nothing was uploaded. Returns the params and a line saying which.
+
+    >>> params, note = use_upload(params, {})  # doctest: +SKIP
+    >>> note  # doctest: +SKIP
+    'No file uploaded: using the sample data/table.xlsx'
+    """
+    from lorahelpers.data import save_upload
+
+    path = save_upload(uploaded, Path(params.output_dir) / "uploads")
+    if path is None:
+        return params, f"No file uploaded: using the sample {params.data}"
+    return dataclasses.replace(params, data=str(path), eval_data=None), f"Using your file: {path}"
+
+
+def choose_sheets(params: Params) -> tuple[Params, str]:
+    """params with sheet and eval_sheet that exist in the workbook params.data: a missing
+    training sheet becomes the workbook's first, a missing held-out sheet none (eval_size rows
+    are then set aside at random); a file without sheets (CSV, JSON, ...) gets neither.
+    Returns the params and a few lines saying which rows are used.
+
+    >>> params, note = choose_sheets(default_params("table"))  # doctest: +SKIP
+    >>> print(note)  # doctest: +SKIP
+    Sheets in the workbook: orders, held_out
+    Rows to learn from: orders. Held-out rows: held_out.
+    """
+    from lorahelpers.data import sheet_names
+
+    sheets = sheet_names(params.data)
+    lines = []
+    sheet, eval_sheet = params.sheet, params.eval_sheet
+    if not sheets:
+        sheet = eval_sheet = None
+    else:
+        lines.append("Sheets in the workbook: " + ", ".join(sheets))
+        if sheet not in sheets:
+            if sheet:
+                lines.append(f"No sheet {sheet!r} here: using the first sheet, {sheets[0]!r}.")
+            sheet = sheets[0]
+        if eval_sheet and eval_sheet not in sheets:
+            lines.append(f"No held-out sheet {eval_sheet!r} here: setting "
+                         f"{params.eval_size} rows aside at random instead.")
+            eval_sheet = None
+    held_out = eval_sheet or f"{params.eval_size} rows set aside at random"
+    lines.append(f"Rows to learn from: {sheet or Path(params.data).name}. "
+                 f"Held-out rows: {held_out}.")
+    return dataclasses.replace(params, sheet=sheet, eval_sheet=eval_sheet), "\n".join(lines)
+
+
+# ---- the two-adapter notebook --------------------------------------------------------------
+
+
+def two_adapter_params(runtime=None, env=None) -> Params:
+    """The two-adapter notebook's parameters: the tagger's data (the namer's: namer_params),
+    20 held-out rows per task scored by exact match, 60 steps per adapter and a q8_0 base GGUF
+    on a GPU (24 steps and f16 on CPU). A LORAHELPERS_<FIELD> variable still overrides each.
+
+    >>> two_adapter_params(env={"LORAHELPERS_MAX_STEPS": "5"}).max_steps  # doctest: +SKIP
+    5
+    """
+    import os
+
+    from lorahelpers.params import DATA_DIR, ENV_PREFIX, default_params
     from lorahelpers.runtime import runtime_report
-    from lorahelpers.training import train
 
-    t0 = time.perf_counter()
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    params = params or default_params("alpaca", **overrides)
-    out = Path(params.output_dir)
-    progress(runtime_report().summary())
-    step = _stepper(progress, 8)
-
-    step("Reading data")
-    data = prepare_data(params)
-    progress(str(data.report))
-    step(f"Loading {params.model}")
-    model, tokenizer, fmt = load(params)
-    step(f"Scoring {len(data.eval)} held-out rows before training")
-    before = evaluate(model, tokenizer, data.eval, params.scorer, fmt)
-    progress(f"  before: {before}")
-    step(f"Training LoRA r={params.lora_r} for {params.max_steps} steps")
-    model = add_lora(model, lora_settings(params))
-    result = train(model, tokenizer, data.train, data.eval, fmt,
-                   train_settings(params, progress="auto"))
-    loss_plot = _save_figure(plot_history(result.history), out / "loss.png")
-    step("Scoring the held-out rows after training")
-    after = evaluate(model, tokenizer, data.eval, params.scorer, fmt)
-    progress(f"  after: {after}")
-    step(f"Exporting GGUF ({', '.join(params.quants)}) and verifying against PyTorch")
-    prompts = [list(row[:-1]) for row in data.eval[:4]]
-    bundle = export_and_verify(model, tokenizer, result.adapter_dir, fmt, out,
-                               params.ollama_name, params.quants, prompts, progress)
-    progress(str(bundle))
-    step("Scoring the GGUF files with llama.cpp")
-    del model  # its memory goes to llama.cpp and Ollama
-    progress(f"  {free_torch_memory()}")
-    gguf_scores = {q: r.score for q, r in
-                   score_ggufs(bundle.ggufs, data.eval, fmt, tokenizer, params.scorer,
-                               progress=progress).items()}
-    first = bundle.ggufs[params.quants[0]]
-    modelfile = write_modelfile(first, fmt, system=params.system or None,
-                                max_seq_length=params.max_seq_length)
-    for path in (*bundle.ggufs.values(), modelfile):  # to Google Drive or keep_dir, if any
-        keep(path, keep_folder(params.keep_dir, params.output_dir), root=out)
-    step("Registering with Ollama")
-    _, ollama_status = register_or_skip(params.ollama_name, first, fmt, params.system or None,
-                                        progress=progress,
-                                        max_seq_length=params.max_seq_length)
-    progress(f"  {ollama_status}")
-    summary = DemoSummary(params, before, after, gguf_scores, bundle, modelfile, ollama_status,
-                          loss_plot, result.elapsed_s, time.perf_counter() - t0)
-    _write_json(out / "summary.json", summary.as_dict())
-    progress("\n" + str(summary))
-    return summary
+    runtime = runtime or runtime_report()
+    env = os.environ if env is None else env
+    mine = {"data": str(DATA_DIR / "alpaca_train.jsonl"),  # tagger: review -> POS / NEG
+            "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),
+            "scorer": "exact", "eval_size": 20,
+            "max_steps": 60 if runtime.cuda else 24,
+            "quants": ("q8_0",) if runtime.cuda else ("f16",),  # the one base GGUF
+            "ollama_name": "lorahelpers-reviews",  # -> ...-tagger and ...-namer
+            "output_dir": "outputs/two_adapters"}
+    return default_params("alpaca", runtime=runtime, env=env,
+                          **{k: v for k, v in mine.items() if ENV_PREFIX + k.upper() not in env})
 
 
-def _stepper(progress, total: int):
-    count = iter(range(1, total + 1))
+def namer_params(params: Params) -> Params:
+    """params for the namer task (review -> product name): its own training and held-out
+    files, everything else shared with the tagger.
 
-    def step(message: str) -> None:
-        progress(f"\n[{next(count)}/{total}] {message}")
-    return step
+    >>> namer_params(params).data  # doctest: +SKIP
+    '.../data/extract_train.jsonl'
+    """
+    from lorahelpers.params import DATA_DIR
 
-
-def _write_json(path: Path, data: dict) -> Path:
-    import json
-
-    return write_atomic(path, json.dumps(data, indent=2))
-
-
-def _save_figure(fig, path: Path) -> Path:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    return path
+    return dataclasses.replace(params, data=str(DATA_DIR / "extract_train.jsonl"),
+                               eval_data=str(DATA_DIR / "extract_eval.jsonl"))

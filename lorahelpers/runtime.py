@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -72,24 +73,6 @@ def choose_precision(cuda: bool, capability: tuple[int, int] | None,
     if cpu_bf16:
         return True, "CPU has AVX-512 BF16/AMX: bf16 autocast"
     return False, "CPU without AVX-512 BF16/AMX: float32"
-
-
-def device_defaults(report: RuntimeReport) -> dict:
-    """The training defaults of a device, decided here and nowhere else: the notebooks'
-    parameters (lorahelpers.params) and TrainSettings.resolved both read them.
-
-    On a GPU they are those of Unsloth's notebooks: 2 conversations per micro-batch x 4
-    accumulated = 8 per optimizer step, 60 steps, learning rate 2e-4. On CPU (measured on the
-    embedded 135M model): 8 per step without accumulation, 40 steps at 5e-4.
-
-    >>> d = device_defaults(runtime_report()); d["batch_size"] * d["grad_accum"]  # doctest: +SKIP
-    8
-    """
-    if report.cuda:
-        return {"batch_size": 2, "grad_accum": 4, "learning_rate": 2e-4, "max_steps": 60,
-                "max_seq_length": 2048}
-    return {"batch_size": 8, "grad_accum": 1, "learning_rate": 5e-4, "max_steps": 40,
-            "max_seq_length": 256}
 
 
 def in_colab() -> bool:
@@ -160,3 +143,12 @@ def runtime_report() -> RuntimeReport:
         precision_reason=reason,
         unsloth_error=unsloth_error,
     )
+
+
+def cache_dir() -> Path:
+    """Where lorahelpers keeps what it builds once per user: $LORAHELPERS_CACHE, else
+    $XDG_CACHE_HOME/lorahelpers, else ~/.cache/lorahelpers."""
+    if os.environ.get("LORAHELPERS_CACHE"):
+        return Path(os.environ["LORAHELPERS_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "lorahelpers"

@@ -1,6 +1,7 @@
-"""Reading tables for the data layer: files (JSON, JSONL, CSV, TSV, XLSX, Parquet), pandas
-DataFrames, `datasets.Dataset`s and Hub dataset names, with errors that name the file, the row
-and the fix, and a report of what was read. Use it through lorahelpers.data. No torch here.
+"""Reading tables for the data layer: files (JSON, JSONL, CSV, TSV, XLSX workbooks and their
+sheets, Parquet), pandas DataFrames, `datasets.Dataset`s and Hub dataset names, with errors that
+name the file, the row and the fix, and a report of what was read; and saving a file uploaded
+into a notebook. Use it through lorahelpers.data. No torch here.
 
 Row numbers count data rows from 1 (the header is not a data row); messages also give the
 line of a text file or the row of a sheet, where the row really is.
@@ -11,23 +12,24 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import decimal
+import difflib
 import html
 import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lorahelpers.atomic import write_atomic
+from lorahelpers.errors import DataError
+
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".xlsx", ".parquet")
 # Cells that mean "no value" in CSV files; "NA" is left alone (it is also a real word).
 _NA_MARKERS = {"nan", "NaN", "None", "NULL", "null", "#N/A", "N/A", "n/a"}
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the row/column and the fix."""
 
 
 @dataclass
@@ -138,7 +140,7 @@ def load_table(source, sheet: str | int | None = None, split: str = "train"):
     elif type(source).__module__.startswith("datasets"):
         if not hasattr(source, "to_pandas"):
             raise DataError(f"{type(source).__name__} holds several splits "
-                            f"({', '.join(source)}); pass one, e.g. data['train']")
+                            f"({', '.join(source)}). Fix: pass one, e.g. data['train']")
         df, report = source.to_pandas(), DataReport(f"<datasets.Dataset {len(source)} rows>")
     elif isinstance(source, (str, Path)):
         path = Path(source).expanduser()
@@ -154,8 +156,8 @@ def load_table(source, sheet: str | int | None = None, split: str = "train"):
         else:
             df, report = _load_hub(str(source), split)
     else:
-        raise DataError(f"cannot read rows from a {type(source).__name__}: pass a file path, a "
-                        "DataFrame, a list of dicts or a datasets.Dataset")
+        raise DataError(f"cannot read rows from a {type(source).__name__}. Fix: pass a file "
+                        "path, a DataFrame, a list of dicts or a datasets.Dataset")
     df.columns = [str(c).strip() for c in df.columns]
     report.rows_read = report.rows_kept = len(df)
     if len(df) == 0:
@@ -189,9 +191,7 @@ def _read_file(path: Path, sheet):
     if suffix == ".json":
         return _read_json(path)
     if suffix == ".xlsx":
-        from lorahelpers.files import read_xlsx  # files imports this module
-
-        return read_xlsx(path, sheet)
+        return _read_xlsx(path, sheet)
     if suffix == ".parquet":
         try:
             return pd.read_parquet(path), DataReport(str(path))
@@ -350,3 +350,152 @@ def _read_json(path: Path):
             raise DataError(f"{path}, row {i + 1}: expected an object {{...}}, got "
                             f"{type(row).__name__}. Fix: every list item is an object")
     return pd.DataFrame.from_records(data), report
+
+
+def sheet_names(source) -> list[str]:
+    """The sheet names of an .xlsx workbook, in workbook order; [] for any other source (a
+    CSV or JSON file has no sheets).
+
+    >>> sheet_names("data/table.xlsx")  # doctest: +SKIP
+    ['orders', 'held_out']
+    """
+    if not isinstance(source, (str, Path)) or Path(source).suffix.lower() != ".xlsx":
+        return []
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"{source}: file not found (looked in {Path.cwd()}). Fix: check the "
+                        "path, or upload the file next to the notebook")
+    book = _open_workbook(path)
+    try:
+        return list(book.sheetnames)
+    finally:
+        book.close()
+
+
+def save_upload(uploaded, directory) -> Path | None:
+    """Write an uploaded file into `directory` and return its path; None when nothing was
+    uploaded. `uploaded` is what google.colab.files.upload() returns ({name: bytes}) or an
+    ipywidgets FileUpload's value (a tuple of {"name", "content"} dicts in ipywidgets 8, a
+    {name: {"content": ...}} dict in 7). With several files the first is kept.
+
+    >>> save_upload({"orders.csv": b"a,b\\n1,2\\n"}, "uploads").as_posix()
+    'uploads/orders.csv'
+    """
+    if not uploaded:
+        return None
+    if isinstance(uploaded, dict):
+        name, content = next(iter(uploaded.items()))
+        if isinstance(content, dict):
+            content = content.get("content", b"")
+    else:
+        first = next(iter(uploaded))
+        name, content = first["name"], first["content"]
+    name = Path(str(name).replace("\\", "/")).name
+    if Path(name).suffix.lower() not in SUFFIXES:
+        raise DataError(f"{name}: unknown file type {Path(name).suffix or '(none)'!r}. Fix: "
+                        f"upload one of {', '.join(SUFFIXES)} (save Excel files as .xlsx)")
+    data = bytes(content)
+    if not data:
+        raise DataError(f"{name}: the upload is empty. Fix: upload the file again")
+    return write_atomic(Path(directory) / name, data)
+
+
+def _open_workbook(path: Path, data_only: bool = True):
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        return openpyxl.load_workbook(path, read_only=True, data_only=data_only)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .xlsx workbook ({type(exc).__name__}: {exc}). "
+                        "Fix: open it in Excel or LibreOffice and save it again as .xlsx, or "
+                        "export it as CSV") from exc
+
+
+def _read_xlsx(path: Path, sheet) -> tuple:
+    book = _open_workbook(path)
+    try:
+        names = book.sheetnames
+        if sheet is None:
+            name = names[0]
+        elif isinstance(sheet, int) and not isinstance(sheet, bool):
+            if not -len(names) <= sheet < len(names):
+                raise DataError(f"{path}: no sheet at index {sheet} (0-based); the workbook has "
+                                f"{len(names)}: {', '.join(names)}. Fix: pass sheet= a name or "
+                                f"an index from 0 to {len(names) - 1}")
+            name = names[sheet]
+        elif sheet in names:
+            name = sheet
+        else:
+            close = difflib.get_close_matches(str(sheet), names, n=1, cutoff=0.4)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(f"{path}: no sheet named {sheet!r}; the sheets are "
+                            f"{', '.join(map(repr, names))}.{hint} Fix: pass sheet= one of "
+                            "those names or a 0-based index")
+        cells = _sheet_cells(path, book, name)
+    finally:
+        book.close()
+    _check_formulas(path, name, cells)
+    report = DataReport(f"{path} [{name}]")
+    report.line_word = "sheet row"
+    filled = [i for i, r in enumerate(cells) if any(render_value(c) for c in r)]
+    if not filled:
+        raise DataError(f"{path}: sheet {name!r} is empty. Fix: choose another sheet with "
+                        f"sheet=..., one of {', '.join(map(repr, names))}")
+    top = filled[0]
+    body = [i for i in filled if i > top]
+    if filled[-1] - top > len(body):
+        report.drop("blank row", filled[-1] - top - len(body))
+    header, rows = _check_header(path, cells[top], [cells[i] for i in body],
+                                 f"sheet {name!r} row {top + 1}")
+    report.lines = [i + 1 for i in body]
+    return pd.DataFrame(rows, columns=header, dtype=object), report
+
+
+def _sheet_cells(path: Path, book, name: str) -> list[list]:
+    try:
+        return [list(r) for r in book[name].iter_rows(values_only=True)]
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise DataError(f"{path}: the workbook is damaged ({exc}). Fix: save it again as .xlsx "
+                        "or export it as CSV") from exc
+
+
+def _check_formulas(path: Path, name: str, cells: list[list]) -> None:
+    """Refuses cells that hold a formula whose value was never saved. Excel and LibreOffice
+    save each formula's value beside it; a program that writes formulas (openpyxl, for one)
+    saves none, so until the workbook is opened and saved in a spreadsheet those cells read as
+    empty, and the rows would be dropped for a reason the user cannot see."""
+    if all(c is not None for row in cells for c in row):
+        return
+    book = _open_workbook(path, data_only=False)
+    try:
+        formulas = _sheet_cells(path, book, name)
+    finally:
+        book.close()
+    unsaved = [(i, j) for i, row in enumerate(formulas) for j, f in enumerate(row)
+               if f is not None and (i >= len(cells) or j >= len(cells[i]) or cells[i][j] is None)]
+    if unsaved:
+        raise DataError(f"{path}: sheet {name!r}: {len(unsaved)} cell(s) hold formulas whose "
+                        f"values were never saved, so they read as empty: "
+                        f"{_cell_list(cells, unsaved)}. The workbook was written by a program and "
+                        "not opened in a spreadsheet since. Fix: open it in Excel or LibreOffice "
+                        "and save it (that stores the values), or write the values instead of "
+                        "formulas")
+
+
+def _cell_list(cells: list[list], places: list[tuple[int, int]]) -> str:
+    """'column 'answer' (C): C2, C3, C4 and 37 more' for each column among `places`."""
+    from openpyxl.utils import get_column_letter
+
+    header = next((row for row in cells if any(render_value(c) for c in row)), [])
+    by_column: dict[int, list[str]] = {}
+    for i, j in places:
+        by_column.setdefault(j, []).append(f"{get_column_letter(j + 1)}{i + 1}")
+    parts = []
+    for j, refs in sorted(by_column.items()):
+        title = render_value(header[j]) if j < len(header) else ""
+        label = f"column {title!r} ({get_column_letter(j + 1)})" if title else \
+            f"column {get_column_letter(j + 1)}"
+        more = f" and {len(refs) - 3} more" if len(refs) > 3 else ""
+        parts.append(f"{label}: {', '.join(refs[:3])}{more}")
+    return "; ".join(parts)

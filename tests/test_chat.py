@@ -113,9 +113,9 @@ def test_render_with_spans_needs_a_final_assistant_turn():
 
 
 @pytest.mark.parametrize("messages, match", [
-    ([{"role": "bot", "content": "x"}], "role must be one of"),
-    ([{"role": "user", "content": None}], "content must be a string"),
-    ([U, S], "system message may only come first"),
+    ([{"role": "bot", "content": "x"}], "role 'bot' is unknown. Fix: use one of"),
+    ([{"role": "user", "content": None}], "content is a NoneType. Fix: make it a string"),
+    ([U, S], "system message after the first. Fix: move it"),
     ("hello", "must be a list"),
 ])
 def test_bad_messages(messages, match):
@@ -129,7 +129,7 @@ def test_jinja_rejects_late_system_message():
 
 
 def test_chat_format_validates_eos_in_stop():
-    with pytest.raises(ValueError, match="must include the eos"):
+    with pytest.raises(ValueError, match="lacks the eos"):
         ChatFormat("x", "</s>", ("###",))
     with pytest.raises(ValueError, match="non-empty"):
         ChatFormat("x", "", ("",))
@@ -197,9 +197,9 @@ def test_custom_template_with_braces_quotes_and_backslashes():
 
 @pytest.mark.parametrize("template, match", [
     ("no markers here {INPUT}", "once each"),
-    ("{OUTPUT} then {INPUT}", "must come before"),
+    ("{OUTPUT} then {INPUT}", "comes before {INPUT}.*Fix: put {INPUT} first"),
     ("{INPUT}{OUTPUT}", "marker"),
-    ("{INPUT}\n{SYSTEM}\n{OUTPUT}", "before the first"),
+    ("{INPUT}\n{SYSTEM}\n{OUTPUT}", "after the first {INPUT}.*Fix: put {SYSTEM} first"),
     ("{SYSTEM} {INPUT}\n{OUTPUT}", "where the system part ends"),
     ("A {INPUT}\nB {OUTPUT}\nA {INPUT}\nC {OUTPUT}\n", "differ"),
     ("{INPUT}\n=> {OUTPUT}\n</s>", "right after"),

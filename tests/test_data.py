@@ -248,18 +248,6 @@ def test_preview_uses_chat_format_when_given():
     assert preview(convs, 5).count("user:") == 2
 
 
-def test_docstring_examples_hold():
-    import doctest
-
-    import lorahelpers.chat
-    import lorahelpers.data
-    import lorahelpers.tables
-
-    for module in (lorahelpers.chat, lorahelpers.data, lorahelpers.tables):
-        result = doctest.testmod(module)
-        assert result.failed == 0 and result.attempted > 0, module.__name__
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_rendered_floats_read_back_exactly_and_never_end_in_dot_zero(x):

@@ -126,8 +126,8 @@ def test_template_syntax_errors():
     assert "never closed" in error(rows, template="{a", output_column="b")
     assert "'[[' block is never closed" in error(rows, template="[[{a}", output_column="b")
     assert "cannot be nested" in error(rows, template="[[ [[{a}]] ]]", output_column="b")
-    assert "need template=" in error(rows, format="table", output_column="b")
-    assert "need output_column=" in error(rows, template="{a}")
+    assert "Fix: pass template=" in error(rows, format="table", output_column="b")
+    assert "Fix: pass output_column=" in error(rows, template="{a}")
 
 
 def test_empty_outputs_dropped_and_counted(tmp_path):

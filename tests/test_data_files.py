@@ -1,11 +1,11 @@
-"""Workbook sheets and notebook uploads (lorahelpers.files, used through lorahelpers.data)."""
+"""Workbook sheets and notebook uploads (lorahelpers.tables, used through lorahelpers.data)."""
 
 from pathlib import Path
 
 import openpyxl
 import pytest
 
-from lorahelpers.data import DataError, load_table, save_upload, sheet_names
+from lorahelpers.data import DataError, load_table, save_upload, sheet_names, to_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = b"item,zone,shipping_eur\nscarf,B,6\nlamp,D,12\n"
@@ -95,3 +95,37 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_upload({"orders.csv": CSV}, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_formulas_without_saved_values_are_named(tmp_path):
+    # openpyxl writes formulas but never their values; Excel would compute and save them.
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "orders"
+    sheet.append(["item", "price", "answer"])
+    for row in range(2, 7):
+        sheet.append([f"item {row}", row, f"=B{row}*2"])
+    book.save(tmp_path / "computed.xlsx")
+    with pytest.raises(DataError) as info:
+        to_conversations(tmp_path / "computed.xlsx", template="{item}", output_column="answer")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'computed.xlsx'}: sheet 'orders': 5 cell(s) hold "
+                              "formulas whose values were never saved")
+    assert "column 'answer' (C): C2, C3, C4 and 2 more" in message
+    assert "no usable rows" not in message
+    assert message.endswith("Fix: open it in Excel or LibreOffice and save it (that stores the "
+                            "values), or write the values instead of formulas")
+
+
+def test_empty_cells_are_not_mistaken_for_formulas(tmp_path):
+    book = openpyxl.Workbook()
+    book.active.append(["item", "note", "answer"])
+    book.active.append(["lamp", None, "12"])
+    book.active.append(["scarf", "=\"gift\"", None])  # a formula in a column that has no value
+    book.save(tmp_path / "mixed.xlsx")
+    with pytest.raises(DataError, match=r"1 cell\(s\) hold formulas.*column 'note' \(B\): B3\."):
+        load_table(tmp_path / "mixed.xlsx")
+    book.active["B3"] = None
+    book.save(tmp_path / "mixed.xlsx")
+    df, _ = load_table(tmp_path / "mixed.xlsx")
+    assert df.values.tolist() == [["lamp", None, "12"], ["scarf", None, None]]

@@ -208,7 +208,7 @@ def test_adapter_gguf_refuses_before_converting(config, tmp_path, monkeypatch, e
     monkeypatch.setattr("lorahelpers.export.run_script", no_conversion)
     adapter = _write_adapter(tmp_path / "adapter", config)
     out = tmp_path / "out" / "adapter.gguf"
-    with pytest.raises(AdapterNotConvertibleError, match="Merge it instead"):
+    with pytest.raises(AdapterNotConvertibleError, match="Fix: merge it instead"):
         export_adapter_gguf(adapter, embedded_path, out, **QUIET)
     assert not out.parent.exists() or not list(out.parent.iterdir())
 

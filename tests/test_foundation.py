@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from lorahelpers import models
+from lorahelpers import models, runtime
 from lorahelpers.models import ModelError, embedded_base, is_complete_checkpoint
 
 
@@ -56,12 +56,12 @@ def test_killed_build_is_rebuilt_and_cache_override_works(tmp_path, monkeypatch)
     env = os.environ | {"LORAHELPERS_CACHE": str(cache)}
     proc = subprocess.run([sys.executable, "-c", KILL_HALF_WAY], env=env)
     assert proc.returncode == 9
-    leftovers = list(cache.glob(".smollm2-*.tmp-*"))
+    leftovers = list(cache.glob(".smollm2-*.part"))
     assert leftovers, "the killed build should have left its temporary directory"
     assert not list(cache.glob("smollm2-*")), "a killed build must not look complete"
 
     # A directory at the final name that a non-atomic writer left half-done is not trusted.
-    version_dir = cache / leftovers[0].name.split(".tmp-")[0].lstrip(".")
+    version_dir = cache / leftovers[0].name.lstrip(".").rsplit(".", 2)[0]
     version_dir.mkdir()
     (version_dir / "config.json").write_text("{}")
 
@@ -76,10 +76,10 @@ def test_killed_build_is_rebuilt_and_cache_override_works(tmp_path, monkeypatch)
 
 def test_cache_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("LORAHELPERS_CACHE", str(tmp_path / "x"))
-    assert models.cache_dir() == tmp_path / "x"
+    assert runtime.cache_dir() == tmp_path / "x"
     monkeypatch.delenv("LORAHELPERS_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_dir() == tmp_path / "xdg" / "lorahelpers"
+    assert runtime.cache_dir() == tmp_path / "xdg" / "lorahelpers"
 
 
 def test_missing_package_says_how_to_install(monkeypatch):

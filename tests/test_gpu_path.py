@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lorahelpers.params import default_params
+from lorahelpers.params import default_params, device_defaults
 from lorahelpers.pipeline import GGUF_ROWS_WITHOUT_OFFLOAD, gguf_scoring_plan, train_settings
-from lorahelpers.runtime import RuntimeReport, choose_precision, device_defaults
+from lorahelpers.runtime import RuntimeReport, choose_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,9 @@ PATCHED = ("trl", "transformers", "peft", "unsloth")
 @pytest.mark.parametrize("module", ["lorahelpers.training", "lorahelpers.pipeline",
                                     "lorahelpers.params", "lorahelpers.models",
                                     "lorahelpers.cli", "lorahelpers.verify",
-                                    "lorahelpers.inference", "lorahelpers.export"])
+                                    "lorahelpers.inference", "lorahelpers.export",
+                                    "lorahelpers.demo", "lorahelpers.compare",
+                                    "lorahelpers.history", "lorahelpers.llamacpp"])
 def test_importing_a_stage_leaves_trl_transformers_peft_unimported(module):
     code = (f"import sys, {module}; "
             f"print([m for m in {PATCHED!r} if m in sys.modules])")
@@ -118,7 +120,7 @@ def test_gpu_defaults_are_those_of_unsloths_notebooks_and_are_shown():
     params = default_params("alpaca", runtime=runtime(True, (7, 5)), env={})
     assert (params.batch_size, params.grad_accum, params.examples_per_step) == (2, 4, 8)
     assert (params.max_steps, params.learning_rate) == (60, 2e-4)
-    assert ("examples per step", "2 x 4 = 8") in params.table()
+    assert ("examples per step", "2 x 4 = 8", "") in params.table()
     assert "2 x 4 = 8" in params._repr_html_()
 
 

@@ -123,7 +123,7 @@ def test_bad_rows_and_scorers_are_explained(base):
     model, tokenizer = base
     with pytest.raises(ValueError, match="eval row 1"):
         evaluate(model, tokenizer, [ask(FRANCE, "Paris"), [{"role": "user", "content": "Hi"}]])
-    with pytest.raises(ValueError, match="scorer must be"):
+    with pytest.raises(ValueError, match="scorer .* is unknown. Fix: use"):
         evaluate(model, tokenizer, [ask(FRANCE, "Paris")], scorer="fuzzy")
     with pytest.raises(ValueError, match="float in"):
         evaluate(model, tokenizer, [ask(FRANCE, "Paris")], lambda e, a: 3, CHATML,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lorahelpers.errors import SettingsError
 from lorahelpers.keep import Keeper, keep, keep_folder, last_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def test_keep_copies_files_and_folders_to_their_place_under_root(tmp_path):
     outside.write_text("FROM ./m.gguf\n")
     assert keep(outside, folder, root=run) == folder / "Modelfile"  # not under root: its name
     assert keep(gguf, None) is None
-    with pytest.raises(FileNotFoundError, match="nothing to keep.*Fix:"):
+    with pytest.raises(SettingsError, match="nothing to keep.*Fix:"):
         keep(run / "missing.gguf", folder)
 
 
@@ -222,7 +223,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_a_run_killed_while_keeping_a_checkpoint_resumes_from_the_kept_one(tiny_model, tmp_path):
     import torch
 
-    from lorahelpers.plots import History
+    from lorahelpers.history import History
     from lorahelpers.training import train
     from tests.test_training import FirstOptimizerState, lora_weights
 

@@ -4,6 +4,7 @@ needs: the badge, the set-up cell, the runtime report and one parameters cell.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,4 +33,5 @@ def test_colab_ready(path):
     code = [t for c, t in zip(nb["cells"], text, strict=True) if c["cell_type"] == "code"]
     assert any("colab_setup.sh" in t and "google.colab" in t for t in code)
     assert any("runtime_report()" in t for t in code)
-    assert sum("default_params(" in t for t in code) == 1, "exactly one parameters cell"
+    made = [t for t in code if re.search(r"^params = (default|two_adapter)_params\(", t, re.M)]
+    assert len(made) == 1, "exactly one parameters cell"

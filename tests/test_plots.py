@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from lorahelpers.history import History
 from lorahelpers.plots import (
-    History,
     NotebookProgress,
     TerminalProgress,
     make_progress,
@@ -54,7 +54,7 @@ def test_history_files_are_written_atomically_and_read_back(tmp_path):
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     sample(3).save(tmp_path)
     before = (tmp_path / "history.json").read_text()
-    monkeypatch.setattr("lorahelpers.plots.os.replace",
+    monkeypatch.setattr("lorahelpers.atomic.os.replace",
                         lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         sample(5).save(tmp_path)

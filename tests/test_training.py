@@ -17,6 +17,7 @@ from lorahelpers.batches import (
     tokenize_conversations,
 )
 from lorahelpers.chat import get_chat_format
+from lorahelpers.history import History
 from lorahelpers.models import (
     ALL_PROJECTIONS,
     LoraSettings,
@@ -26,7 +27,6 @@ from lorahelpers.models import (
     load_adapter,
     load_model,
 )
-from lorahelpers.plots import History
 from lorahelpers.runtime import RuntimeReport
 from lorahelpers.training import TrainSettings, train
 

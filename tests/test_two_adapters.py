@@ -1,4 +1,4 @@
-"""Two LoRA adapters over one base (lorahelpers.adapters and the namer sample data): the score
+"""Two LoRA adapters over one base (lorahelpers.compare and the namer sample data): the score
 tables line models up correctly, the base checkpoint carries the training template without
 copying weights, two adapter GGUFs over one base GGUF behave in llama.cpp as their PyTorch
 models do, and in Ollama they become two models on every release: adapter layers sharing the
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lorahelpers.adapters import TaskScores, base_with_template
 from lorahelpers.chat import get_chat_format
+from lorahelpers.compare import TaskScores, base_with_template
 from tests.ollama_double import VERSIONS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -193,19 +193,15 @@ def two_adapters(embedded_path, tmp_path_factory):
 def merged_gguf(two_adapters):
     """name -> that adapter merged into the base as an f16 GGUF, made on first call (what the
     notebook registers where Ollama refuses adapters)."""
-    from lorahelpers.export import export_gguf
-    from lorahelpers.merge import merge_lora
+    from lorahelpers.pipeline import merged_gguf as merge_to_gguf
 
     t, made = two_adapters, {}
-    quiet = lambda s: None  # noqa: E731
 
     def make(name):
         if name not in made:
-            out = t.tmp / f"{name}-merged"
-            merge_lora(t.adapter_dirs[name], out, base_dir=t.base_dir, chat_format=CHATML,
-                       progress=quiet)
-            made[name] = export_gguf(out, t.tmp / "gguf", f"{name}-merged", ("f16",),
-                                     progress=quiet)["f16"]
+            made[name] = merge_to_gguf(t.adapter_dirs[name], t.base_dir, t.tmp, name, "f16",
+                                       CHATML, progress=lambda s: None)
+            assert made[name] == t.tmp / "gguf" / f"{name}-merged-f16.gguf"
         return made[name]
 
     return make
@@ -218,7 +214,7 @@ def conv(row):
 
 @pytest.mark.slow
 def test_each_adapter_gguf_over_the_base_answers_like_its_pytorch_model(two_adapters):
-    from lorahelpers.adapters import score_gguf, score_models
+    from lorahelpers.compare import score_gguf, score_models
     from lorahelpers.llamacpp import gguf_metadata
     from lorahelpers.verify import verify
 
@@ -244,6 +240,7 @@ def test_each_adapter_gguf_over_the_base_answers_like_its_pytorch_model(two_adap
 @pytest.mark.parametrize("version", VERSIONS[1:])  # one that accepts adapters, one that refuses
 def test_two_ollama_models_on_each_release(two_adapters, merged_gguf, version):
     from lorahelpers import ollama
+    from lorahelpers.pipeline import register_or_skip
     from tests.ollama_double import OllamaDouble
     from tests.test_ollama_e2e import greedy
 
@@ -254,10 +251,13 @@ def test_two_ollama_models_on_each_release(two_adapters, merged_gguf, version):
     with OllamaDouble(version) as double:
         refused = double.release.refuses_adapters
         for name, adapter in t.ggufs.items():
-            info = ollama.register(f"reviews-{name}", t.base_gguf, CHATML, host=double.url,
-                                   adapter=adapter, merged=lambda name=name: merged_gguf(name),
-                                   progress=lambda s: None)
+            info, status = register_or_skip(f"reviews-{name}", t.base_gguf, CHATML,
+                                            host=double.url, adapter=adapter,
+                                            merged=lambda name=name: merged_gguf(name),
+                                            progress=lambda s: None)
             modes[name] = info["registration"]
+            assert status == (f"registered as 'reviews-{name}' ({modes[name]}) with Ollama "
+                              f"{version}")
         for name, adapter in t.ggufs.items():
             replies[name] = ollama.chat(f"reviews-{name}", messages, host=double.url,
                                         stream=False, options={"num_predict": 24})

@@ -23,6 +23,29 @@ def test_adapter_kept_counts_only_positions_the_adapter_changed():
     assert all(0 < t.min_adapter_kept < 1 for t in THRESHOLDS.values())
 
 
+def test_adapter_scale_is_the_share_of_the_adapter_effect_carried():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(20, 50))
+    ref = base + rng.normal(size=(20, 50))  # what the adapter adds
+
+    def scale(cand):
+        stats = _Stats()
+        stats.add(list(range(20)), ref, cand, base)
+        return stats.adapter_scale()
+
+    assert scale(ref) == pytest.approx(1.0)
+    assert scale(base) == pytest.approx(0.0, abs=0.05)
+    # a merge at half the scale (in logits, which is what a half-scale LoRA does to a layer
+    # next to the head), plus noise that leans neither way
+    half = base + 0.5 * (ref - base) + rng.normal(scale=0.3, size=(20, 50))
+    assert scale(half) == pytest.approx(0.5, abs=0.15)
+    low, high = THRESHOLDS["q4_k_m"].adapter_scale
+    assert not low <= scale(half) <= high and low <= scale(ref) <= high
+    stats = _Stats()
+    stats.add(list(range(20)), base, base, base)  # an adapter that changes nothing
+    assert stats.adapter_scale() is None
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, embedded_tokenizer):
     """A two-layer Llama with random weights and a random LoRA with alpha != r."""
@@ -82,7 +105,7 @@ def base_exports(export_source, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def half_scale(export_source, tmp_path_factory):
-    """A merge whose adapter config says half the alpha it was trained with, at f16 and q8_0."""
+    """A merge whose adapter config says half the alpha it was trained with, at every type."""
     import shutil
 
     from lorahelpers.export import export_gguf, merge_lora
@@ -96,7 +119,7 @@ def half_scale(export_source, tmp_path_factory):
         "lora_alpha": config["lora_alpha"] / 2}))
     merged = merge_lora(adapter, root / "merged", base_dir=export_source.base_dir,
                         chat_format=export_source.chat_format, **quiet).out_dir
-    return export_gguf(merged, root / "gguf", "half", ("f16", "q8_0"), **quiet)
+    return export_gguf(merged, root / "gguf", "half", QUANTS, **quiet)
 
 
 @pytest.mark.slow
@@ -106,17 +129,21 @@ def test_the_base_without_its_adapter_fails_verify(quant, base_exports, export_s
     base = base_exports
     report = verify(base[quant], export_source.model, export_source.tokenizer, verify_prompts)
     print(f"\nbase without adapter, {quant}: KL {report.mean_kl:.3f}, top-1 {report.top1:.1%}, "
-          f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}")
+          f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}, "
+          f"adapter scale {report.adapter_scale:.2f}")
     assert not report.passed, report.table()
     assert report.adapter_kept < THRESHOLDS[quant].min_adapter_kept
+    assert report.adapter_scale < THRESHOLDS[quant].adapter_scale[0]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+@pytest.mark.parametrize("quant", QUANTS)
 def test_a_merge_at_the_wrong_scale_fails_verify(quant, half_scale, export_source,
                                                  verify_prompts):
     report = verify(half_scale[quant], export_source.model, export_source.tokenizer,
                     verify_prompts)
     print(f"\nmerge at half scale, {quant}: KL {report.mean_kl:.3f}, top-1 {report.top1:.1%}, "
-          f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}")
+          f"adapter kept {report.adapter_kept:.0%} of {report.adapter_positions}, "
+          f"adapter scale {report.adapter_scale:.2f}")
     assert not report.passed, report.table()
+    assert report.adapter_scale < THRESHOLDS[quant].adapter_scale[0], report.table()

@@ -34,7 +34,8 @@ print(runtime.summary())
 # %% [markdown]
 # ## Parameters
 # Defaults depend on the runtime above. Change them here, or set environment variables
-# named `LORAHELPERS_<FIELD>` (for example `LORAHELPERS_MAX_STEPS=20`).
+# named `LORAHELPERS_<FIELD>` (for example `LORAHELPERS_MAX_STEPS=20`). The table says where
+# each value came from: the GPU or CPU default, the environment, or set by you.
 
 # %%
 from lorahelpers.params import default_params
@@ -168,7 +169,7 @@ Comparison(scores, after.n)
 from lorahelpers.modelfile import write_modelfile
 
 gguf = export.ggufs[params.quants[0]]
-modelfile = write_modelfile(gguf, chat_format, system=params.system or None,
+modelfile = write_modelfile(gguf, chat_format, system=params.system,
                             max_seq_length=params.max_seq_length)
 keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
@@ -184,7 +185,7 @@ from lorahelpers.pipeline import register_or_skip
 
 if runtime.colab:
     server = ollama.start_server(install=True)
-info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system or None,
+info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system,
                                 max_seq_length=params.max_seq_length)
 print(status)
 if info is not None:
@@ -220,7 +221,7 @@ elif runtime.colab:
 from lorahelpers.hub import push_to_hub
 
 if params.hub_repo:
-    push_to_hub(params.hub_repo, export, chat_format, system=params.system or None,
+    push_to_hub(params.hub_repo, export, chat_format, system=params.system,
                 base_model=params.model)
 else:
     print("Not uploading: set params.hub_repo to a repository id to share the model.")

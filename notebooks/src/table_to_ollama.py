@@ -38,10 +38,10 @@ print(runtime.summary())
 # ## Parameters
 # Everything the run depends on, with defaults for the machine above. Change them here, or
 # set environment variables named `LORAHELPERS_<FIELD>` (for example
-# `LORAHELPERS_MAX_STEPS=20`). The table fields:
+# `LORAHELPERS_MAX_STEPS=20`); the list below says where each value came from. The table fields:
 #
 # * `sheet`: the sheet with the rows to learn from; `eval_sheet`: a sheet of rows kept apart
-#   to test the model (empty: `eval_size` rows are set aside at random instead).
+#   to test the model (None: `eval_size` rows are set aside at random instead).
 # * `template`: how one row is written as a question (see "The question" below).
 # * `output_column`: the column whose value the model should answer with.
 
@@ -92,18 +92,10 @@ else:
     display(upload)
 
 # %%
-from pathlib import Path
+from lorahelpers.pipeline import use_upload
 
-from lorahelpers.data import save_upload
-
-if not runtime.colab:
-    uploaded = upload.value
-path = save_upload(uploaded, Path(params.output_dir) / "uploads")
-if path is not None:
-    params.data, params.eval_data = str(path), ""
-    print(f"Using your file: {path}")
-else:
-    print(f"No file uploaded: using the sample {params.data}")
+params, note = use_upload(params, uploaded if runtime.colab else upload.value)
+print(note)
 
 # %% [markdown]
 # ## Choose the sheet
@@ -113,21 +105,12 @@ else:
 # only remembered rows. CSV files have no sheets.
 
 # %%
-from lorahelpers.data import load_table, sheet_names
+from lorahelpers.data import load_table
+from lorahelpers.pipeline import choose_sheets
 
-sheets = sheet_names(params.data)  # [] for CSV and other files without sheets
-if sheets:
-    print("Sheets in the workbook:", ", ".join(sheets))
-    if params.sheet not in sheets:
-        print(f"No sheet {params.sheet!r} here: using the first sheet, {sheets[0]!r}.")
-        params.sheet = sheets[0]
-    if params.eval_sheet and params.eval_sheet not in sheets:
-        params.eval_sheet = ""
-else:
-    params.sheet = params.eval_sheet = ""
-print(f"Rows to learn from: {params.sheet or Path(params.data).name}. Held-out rows: "
-      f"{params.eval_sheet or f'{params.eval_size} rows set aside at random'}.")
-table, _ = load_table(params.data, sheet=params.sheet or None)
+params, note = choose_sheets(params)
+print(note)
+table, _ = load_table(params.data, sheet=params.sheet)
 table.head()
 
 # %% [markdown]
@@ -315,7 +298,7 @@ Comparison(scores, after.n)
 from lorahelpers.modelfile import write_modelfile
 
 gguf = export.ggufs[params.quants[0]]
-modelfile = write_modelfile(gguf, chat_format, system=params.system or None,
+modelfile = write_modelfile(gguf, chat_format, system=params.system,
                             max_seq_length=params.max_seq_length)
 keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
@@ -331,7 +314,7 @@ from lorahelpers.pipeline import register_or_skip
 
 if runtime.colab:
     server = ollama.start_server(install=True)
-info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system or None,
+info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system,
                                 max_seq_length=params.max_seq_length)
 print(status)
 if info is not None:
@@ -347,6 +330,8 @@ if info is not None:
 # `ollama create my-model -f Modelfile` there.
 
 # %%
+from pathlib import Path
+
 for path in sorted(Path(params.output_dir).rglob("*")):
     if path.is_file() and "checkpoints" not in path.parts:
         print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
@@ -371,7 +356,7 @@ elif runtime.colab:
 from lorahelpers.hub import push_to_hub
 
 if params.hub_repo:
-    push_to_hub(params.hub_repo, export, chat_format, system=params.system or None,
+    push_to_hub(params.hub_repo, export, chat_format, system=params.system,
                 base_model=params.model)
 else:
     print("Not uploading: set params.hub_repo to a repository id to share the model.")

@@ -42,29 +42,13 @@ print(runtime.summary())
 # The model, steps, LoRA rank and learning rate are shared by both adapters. The values below
 # are this notebook's defaults; an environment variable `LORAHELPERS_<FIELD>` still overrides
 # any of them (for example `LORAHELPERS_MAX_STEPS=40`). `data` and `eval_data` are the
-# tagger's files; the namer's are in `namer_data`. `quants[0]` is the type of the one base
-# GGUF (the adapters stay 16-bit: they are small).
+# tagger's files; the namer's come from `namer_params(params)`. `quants[0]` is the type of the
+# one base GGUF (the adapters stay 16-bit: they are small).
 
 # %%
-import dataclasses
-import os
+from lorahelpers.pipeline import two_adapter_params
 
-from lorahelpers.params import DATA_DIR, ENV_PREFIX, default_params
-
-notebook_defaults = {
-    "data": str(DATA_DIR / "alpaca_train.jsonl"),        # tagger: review -> POS / NEG
-    "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),
-    "scorer": "exact",
-    "eval_size": 20,                                      # held-out rows per task
-    "max_steps": 60 if runtime.cuda else 24,              # per adapter
-    "quants": ("q8_0",) if runtime.cuda else ("f16",),    # the base GGUF
-    "ollama_name": "lorahelpers-reviews",                 # -> ...-tagger and ...-namer
-    "output_dir": "outputs/two_adapters",
-}
-params = default_params("alpaca", **{k: v for k, v in notebook_defaults.items()
-                                     if ENV_PREFIX + k.upper() not in os.environ})
-namer_data = {"data": str(DATA_DIR / "extract_train.jsonl"),    # namer: review -> product
-              "eval_data": str(DATA_DIR / "extract_eval.jsonl")}
+params = two_adapter_params(runtime)
 params
 
 # %% [markdown]
@@ -91,10 +75,9 @@ print(f"Keeping files in {keep_dir}" if keep_dir else
 
 # %%
 from lorahelpers.data import preview
-from lorahelpers.pipeline import prepare_data
+from lorahelpers.pipeline import namer_params, prepare_data
 
-data = {"tag": prepare_data(params),
-        "name": prepare_data(dataclasses.replace(params, **namer_data))}
+data = {"tag": prepare_data(params), "name": prepare_data(namer_params(params))}
 for task, bundle in data.items():
     display(bundle.report)
     print(preview(bundle.train, 2))
@@ -106,7 +89,7 @@ tasks = {task: bundle.eval for task, bundle in data.items()}
 # start near zero.
 
 # %%
-from lorahelpers.adapters import score_models
+from lorahelpers.compare import score_models
 from lorahelpers.pipeline import load
 
 base, tokenizer, chat_format = load(params)
@@ -152,7 +135,7 @@ plot_history(namer_run.history)
 # learned. The base does neither.
 
 # %%
-from lorahelpers.adapters import TaskScores
+from lorahelpers.compare import TaskScores
 
 after = score_models({"tagger": tagger, "namer": namer}, tasks, tokenizer, chat_format,
                      params.scorer)
@@ -169,7 +152,7 @@ scores.side_by_side(3)
 # %%
 from pathlib import Path
 
-from lorahelpers.adapters import base_with_template
+from lorahelpers.compare import base_with_template
 from lorahelpers.export import export_adapter_gguf, export_gguf
 
 out = Path(params.output_dir)
@@ -207,7 +190,7 @@ for report in checks.values():
 # the first rows of each task.
 
 # %%
-from lorahelpers.adapters import score_gguf
+from lorahelpers.compare import score_gguf
 
 gguf_tasks = {task: rows[:5] if runtime.cuda else rows for task, rows in tasks.items()}
 gguf_scores = score_gguf(base_gguf, {"base": None, **adapter_ggufs}, gguf_tasks, tokenizer,
@@ -225,7 +208,7 @@ gguf_scores.side_by_side(3)
 # %%
 from lorahelpers.modelfile import write_modelfile
 
-modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system or None,
+modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system,
                                     adapter=adapter, path=out / "gguf" / f"Modelfile.{name}",
                                     max_seq_length=params.max_seq_length)
               for name, adapter in adapter_ggufs.items()}
@@ -258,40 +241,31 @@ for name, path in modelfiles.items():
 # with the reason.
 
 # %%
+from functools import partial
+
 from lorahelpers import ollama
-from lorahelpers.merge import merge_lora
-
-runs = {"tagger": tagger_run, "namer": namer_run}
-
-
-def merged_gguf(name):
-    """The adapter merged into the base checkpoint, as one GGUF of the base's type."""
-    merged = merge_lora(runs[name].adapter_dir, out / f"{name}-merged", base_dir=base_dir,
-                        chat_format=chat_format)
-    return export_gguf(merged.out_dir, out / "gguf", f"{name}-merged",
-                       params.quants[:1])[params.quants[0]]
-
+from lorahelpers.pipeline import merged_gguf, register_or_skip
 
 if runtime.colab:
     server = ollama.start_server(install=True)
-version = ollama.server_available()
-if version is None:
-    print("skipped: no Ollama server answers (start one with `ollama serve`, or "
-          "lorahelpers.ollama.start_server(install=True) on Colab)")
-else:
-    for name, adapter in adapter_ggufs.items():
-        info = ollama.register(f"{params.ollama_name}-{name}", base_gguf, chat_format,
-                               system=params.system or None, adapter=adapter,
-                               merged=lambda name=name: merged_gguf(name),
-                               max_seq_length=params.max_seq_length)
-        print(f"{params.ollama_name}-{name}: {info['registration']} on Ollama {version}")
-    for task, rows in tasks.items():
-        question = rows[0][:-1]
-        print(f"\nQ: {question[-1]['content']}")
-        for name in adapter_ggufs:
-            print(f"{params.ollama_name}-{name}:", end=" ")
-            ollama.chat(f"{params.ollama_name}-{name}", question)
-            print()
+runs = {"tagger": tagger_run, "namer": namer_run}
+registered = {}
+for name, adapter in adapter_ggufs.items():
+    merged = partial(merged_gguf, runs[name].adapter_dir, base_dir, out, name, params.quants[0],
+                     chat_format)  # made only where Ollama refuses adapters
+    info, status = register_or_skip(f"{params.ollama_name}-{name}", base_gguf, chat_format,
+                                    params.system, adapter=adapter, merged=merged,
+                                    max_seq_length=params.max_seq_length)
+    print(status)
+    if info is not None:
+        registered[name] = f"{params.ollama_name}-{name}"
+for task, rows in tasks.items() if registered else ():
+    question = rows[0][:-1]
+    print(f"\nQ: {question[-1]['content']}")
+    for name, model_name in registered.items():
+        print(f"{model_name}:", end=" ")
+        ollama.chat(model_name, question)
+        print()
 
 # %% [markdown]
 # ## Your files

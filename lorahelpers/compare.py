@@ -1,10 +1,11 @@
-"""Several LoRA adapters over one base model.
+"""Several models compared on several tasks: a base model and the LoRA adapters trained on it.
 
 An adapter is a small file that changes what its base model does; one base GGUF can carry any
 of them (llama.cpp's lora_path, Ollama's ADAPTER). This module scores every model on every task,
 in PyTorch or in llama.cpp with each adapter GGUF over the base GGUF, lines up their answers to
 the same prompts, and writes the base checkpoint with the training chat template, so that the
-one base GGUF formats chats exactly as the adapters were trained.
+one base GGUF formats chats exactly as the adapters were trained. (Saving and loading one
+adapter is lorahelpers.models.)
 
     >>> scores = score_models({"tagger": tagger, "namer": namer}, tasks, tok, fmt)  # doctest: +SKIP
     >>> scores.table()                                                             # doctest: +SKIP
@@ -15,9 +16,11 @@ from __future__ import annotations
 import html
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from lorahelpers.atomic import atomic_dir
+from lorahelpers.errors import SettingsError
 
 # What export_gguf reads from a checkpoint besides the tokenizer.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -33,16 +36,18 @@ class TaskScores:
 
     def __post_init__(self):
         if not self.reports:
-            raise ValueError("TaskScores needs at least one model")
+            raise SettingsError("TaskScores needs at least one model. Fix: pass the reports of "
+                                "one or more")
         first, tasks = next(iter(self.reports.items()))
         for model, by_task in self.reports.items():
             if list(by_task) != list(tasks):
-                raise ValueError(f"model {model!r} has tasks {list(by_task)}, model {first!r} "
-                                 f"has {list(tasks)}: score every model on the same tasks")
+                raise SettingsError(f"model {model!r} has tasks {list(by_task)}, model {first!r} "
+                                    f"has {list(tasks)}. Fix: score every model on the same tasks")
             for task, report in by_task.items():
                 if _prompts(report) != _prompts(tasks[task]):
-                    raise ValueError(f"task {task!r}: model {model!r} was asked other prompts "
-                                     f"than model {first!r}; pass every model the same rows")
+                    raise SettingsError(f"task {task!r}: model {model!r} was asked other "
+                                        f"prompts than model {first!r}. Fix: pass every model "
+                                        "the same rows")
 
     @property
     def models(self) -> list[str]:
@@ -85,16 +90,17 @@ class TaskScores:
         models = [m for m in self.models if m in other.reports]
         tasks = [t for t in self.tasks if t in other.tasks]
         if not models or not tasks:
-            raise ValueError(f"no model and task in common: {self.models} x {self.tasks} vs "
-                             f"{other.models} x {other.tasks}")
+            raise SettingsError(f"no model and task in common: {self.models} x {self.tasks} vs "
+                                f"{other.models} x {other.tasks}. Fix: compare the same models")
 
         def same(m, t) -> float:
             theirs = {r["prompt"]: r["answer"] for r in other.reports[m][t].rows}
             mine = self.reports[m][t].rows
             missing = [r["prompt"] for r in mine if r["prompt"] not in theirs]
             if missing:
-                raise ValueError(f"{m!r} on {t!r}: {len(missing)} prompt(s) here were not "
-                                 f"asked there, e.g. {missing[0][:60]!r}")
+                raise SettingsError(f"{m!r} on {t!r}: {len(missing)} prompt(s) here were not "
+                                    f"asked there, e.g. {missing[0][:60]!r}. Fix: ask both the "
+                                    "same rows")
             return 100.0 * sum(r["answer"] == theirs[r["prompt"]] for r in mine) / max(len(mine), 1)
 
         return pd.DataFrame([[same(m, t) for t in tasks] for m in models],
@@ -139,37 +145,12 @@ def score_gguf(base_gguf, adapters: dict, tasks: dict, tokenizer, chat_format, s
     >>> score_gguf("base-f16.gguf", {"base": None, "tagger": "tagger.gguf"}, tasks, tok,
     ...            fmt).table()  # doctest: +SKIP
     """
-    from lorahelpers.inference import EvalReport, _scorer, cut_at_stop
-    from lorahelpers.verify import _GGUFRunner
+    from lorahelpers.inference import evaluate_gguf
 
-    score_fn = _scorer(scorer)
-    stop_ids = {tokenizer.convert_tokens_to_ids(s) for s in chat_format.stop
-                if s in tokenizer.get_vocab()} | {tokenizer.eos_token_id}
-    prompts = {task: [(list(row[:-1]), row[-1]["content"]) for row in rows]
-               for task, rows in tasks.items()}
-    longest = max(len(tokenizer(chat_format.generation_prefix(m))["input_ids"])
-                  for pairs in prompts.values() for m, _ in pairs)
-    reports = {}
-    for name, adapter in adapters.items():
-        runner = _GGUFRunner(Path(base_gguf), Path(adapter) if adapter else None,
-                             n_ctx=longest + max_new_tokens + 8)
-        reports[name] = {}
-        try:
-            for task, pairs in prompts.items():
-                rows = []
-                for messages, expected in pairs:
-                    ids = runner.tokenize(chat_format.generation_prefix(messages))
-                    out = runner.greedy(ids, max_new_tokens, stop_ids)
-                    text = runner.llm.detokenize(out, special=True).decode("utf-8", "replace")
-                    answer = cut_at_stop(text, chat_format.stop)
-                    rows.append({"prompt": messages[-1]["content"], "expected": expected,
-                                 "answer": answer, "correct": float(score_fn(expected, answer))})
-                score = 100.0 * sum(r["correct"] for r in rows) / max(len(rows), 1)
-                reports[name][task] = EvalReport(score, rows, scorer if isinstance(scorer, str)
-                                                 else "custom")
-        finally:
-            runner.close()
-    return TaskScores(reports, "llama.cpp")
+    return TaskScores({name: {task: evaluate_gguf(base_gguf, rows, chat_format, tokenizer, scorer,
+                                                  max_new_tokens, lora_path=adapter)
+                              for task, rows in tasks.items()}
+                       for name, adapter in adapters.items()}, "llama.cpp")
 
 
 def base_with_template(base, chat_format, out_dir, progress=print) -> Path:
@@ -186,31 +167,27 @@ def base_with_template(base, chat_format, out_dir, progress=print) -> Path:
     from transformers import AutoTokenizer
 
     from lorahelpers.chat import install_chat_template
-    from lorahelpers.merge import checkpoint_shards, replace_dir, resolve_base
+    from lorahelpers.merge import check_output_dir, checkpoint_shards, resolve_base
 
     local = Path(base).expanduser()
     if (local.is_absolute() or str(base).startswith(".")) and not local.is_dir():
-        raise ValueError(f"base model directory {local} does not exist: pass the checkpoint "
-                         "the adapters were trained on (e.g. params.resolved_model())")
+        raise SettingsError(f"base model directory {local} does not exist. Fix: pass the "
+                            "checkpoint the adapters were trained on (e.g. "
+                            "params.resolved_model())")
     base_dir, requested, from_4bit = resolve_base({}, base)
     if from_4bit:
         progress(f"{requested} is 4-bit; the base GGUF is made from its 16-bit original "
                  f"{base_dir}.")
     out_dir = Path(out_dir)
+    check_output_dir(out_dir)
     files = [base_dir / n for n in _MODEL_FILES if (base_dir / n).is_file()]
     files += checkpoint_shards(base_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for src in files:
             _link_or_copy(src.resolve(), tmp / src.name)
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         install_chat_template(tokenizer, chat_format)
         tokenizer.save_pretrained(tmp)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -1,0 +1,158 @@
+"""`python -m lorahelpers train CONFIG`: the notebooks' steps as one script, on one process or
+several (`accelerate launch` / `torchrun`). Every process reads the same data (seeded, so each
+sees the same rows) and loads the model; the Trainer shards the batches and averages the
+gradients; only the main process prints progress and writes the adapter, history, plot,
+summary and exports."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorahelpers.distributed import is_main, world_size
+from lorahelpers.params import Params
+
+
+@dataclass
+class TrainRun:
+    """What the train command did (in the main process; other processes get adapter=None)."""
+
+    params: Params
+    adapter_dir: Path | None
+    steps: int
+    final_loss: float | None
+    interrupted: bool
+    processes: int
+    train_seconds: float
+    export: object | None = None  # pipeline.ExportBundle
+    modelfile: Path | None = None
+    ollama: str | None = None
+
+    def as_dict(self) -> dict:
+        out = {"adapter": str(self.adapter_dir), "steps": self.steps,
+               "final_loss": self.final_loss, "interrupted": self.interrupted,
+               "processes": self.processes, "train_seconds": self.train_seconds}
+        if self.export is not None:
+            out["ggufs"] = {q: str(p) for q, p in self.export.ggufs.items()}
+            out["verified"] = {q: r.passed for q, r in self.export.reports.items()}
+            out["modelfile"] = str(self.modelfile)
+            out["ollama"] = self.ollama
+        return out
+
+
+def run_training(params: Params, export: bool = False, register: bool = False,
+                 resume: bool = False, progress=print) -> TrainRun:
+    """Prepare data, load the model, add LoRA, train and save the adapter; with `export`, also
+    merge, write and verify the GGUF files and the Modelfile (and register with Ollama when
+    `register` and a server answers). Progress goes to `progress` in the main process only.
+
+    >>> run_training(load_config("train.toml"), export=True)  # doctest: +SKIP
+    """
+    from lorahelpers.models import add_lora
+    from lorahelpers.pipeline import load, lora_settings, prepare_data, train_settings
+    from lorahelpers.plots import plot_history, save_figure, stepper
+    from lorahelpers.runtime import runtime_report
+    from lorahelpers.training import train
+
+    say = progress if is_main() else (lambda *a, **k: None)
+    processes = world_size()
+    step = stepper(say, 4 if export else 3)
+    say(runtime_report().summary() + (f", {processes} processes" if processes > 1 else ""))
+    step("Reading data")
+    data = prepare_data(params)
+    say(str(data.report))
+    step(f"Loading {params.model}")
+    model, tokenizer, fmt = load(params)
+    per_step = params.examples_per_step * processes
+    step(f"Training LoRA r={params.lora_r} for {params.max_steps} steps, {per_step} "
+         f"conversations per step" + (f" ({processes} processes)" if processes > 1 else ""))
+    model = add_lora(model, lora_settings(params))
+    result = train(model, tokenizer, data.train, data.eval, fmt,
+                   train_settings(params, progress="auto", resume=resume))
+    out = Path(params.output_dir)
+    run = TrainRun(params, result.adapter_dir if is_main() else None, result.steps,
+                   result.final_loss, result.interrupted, processes, result.elapsed_s)
+    if not is_main():
+        return run
+    say(f"Adapter: {result.adapter_dir} (step {result.steps}, loss {result.final_loss})")
+    if result.history.records:
+        save_figure(plot_history(result.history), out / "loss.png")
+    if export and not result.interrupted:
+        step(f"Exporting GGUF ({', '.join(params.quants)}) and verifying against PyTorch")
+        _export(run, model, tokenizer, fmt, data, register, say)
+    from lorahelpers.atomic import write_atomic
+
+    write_atomic(out / "summary.json", json.dumps(run.as_dict(), indent=2))
+    return run
+
+
+def _export(run: TrainRun, model, tokenizer, fmt, data, register: bool, say) -> None:
+    from lorahelpers.modelfile import write_modelfile
+    from lorahelpers.pipeline import export_and_verify, register_or_skip
+
+    params = run.params
+    prompts = [list(row[:-1]) for row in (data.eval or data.train)[:4]]
+    run.export = export_and_verify(model, tokenizer, run.adapter_dir, fmt, params.output_dir,
+                                   params.ollama_name, params.quants, prompts, say)
+    say(str(run.export))
+    first = run.export.ggufs[params.quants[0]]
+    run.modelfile = write_modelfile(first, fmt, system=params.system,
+                                    max_seq_length=params.max_seq_length)
+    say(f"Modelfile: {run.modelfile} (ollama create {params.ollama_name} -f {run.modelfile})")
+    if register:
+        _, run.ollama = register_or_skip(params.ollama_name, first, fmt, params.system,
+                                         progress=say, max_seq_length=params.max_seq_length)
+        say(f"  {run.ollama}")
+
+
+def cmd_train(args) -> int:
+    """The `train` subcommand of `python -m lorahelpers`: print a starter config, or train.
+
+    >>> cmd_train(build_parser().parse_args(["train", "train.toml"]))  # doctest: +SKIP
+    0
+    """
+    import sys
+
+    from lorahelpers.config import ConfigError, load_config, starter_config
+
+    if args.config is None and not args.set and not args.print_config:
+        print("train: give a config file (write one with `python -m lorahelpers train "
+              "--print-config > train.toml`), or --set field=value.", file=sys.stderr)
+        return 2
+    try:
+        params = load_config(None if args.print_config else args.config, args.set)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.print_config:
+        sys.stdout.write(starter_config(params))
+        return 0
+    t0 = time.perf_counter()
+    run = run_training(params, export=args.export or args.register, register=args.register,
+                       resume=args.resume)
+    if is_main():
+        print(f"\nDone in {time.perf_counter() - t0:.0f} s: {json.dumps(run.as_dict())}")
+    return 130 if run.interrupted else 0
+
+
+def add_train_parser(sub) -> None:
+    """The `train` subcommand's arguments, added to the CLI's subparsers.
+
+    >>> add_train_parser(argparse.ArgumentParser().add_subparsers())  # doctest: +SKIP
+    """
+    train = sub.add_parser(
+        "train", help="train from a config file (TOML/YAML); runs under accelerate launch and "
+                      "torchrun too")
+    train.add_argument("config", nargs="?", default=None, help="TOML or YAML file of Params fields")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override one field (repeatable), e.g. --set max_steps=20")
+    train.add_argument("--export", action="store_true",
+                       help="also merge, export GGUF, verify it and write the Modelfile")
+    train.add_argument("--register", action="store_true",
+                       help="also register with Ollama when a server answers (implies --export)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the last checkpoint in output_dir/checkpoints")
+    train.add_argument("--print-config", action="store_true",
+                       help="print a commented starter config (with any --set applied) and exit")
