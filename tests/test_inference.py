@@ -113,10 +113,29 @@ def test_batched_answers_equal_one_at_a_time(base):
     questions = ["What is 2 + 2?", FRANCE, "Name a colour.", "Say hello in French, please.",
                  "What is the largest planet in our solar system?"]
     rows = [ask(q, "-") for q in questions]
-    batched = evaluate(model, tokenizer, rows, "exact", CHATML, batch_size=3, max_new_tokens=12)
+    batched = evaluate(model, tokenizer, rows, "f1", CHATML, batch_size=3, max_new_tokens=12)
     single = [generate(model, tokenizer, q, CHATML, max_new_tokens=12, stream=False)
               for q in questions]
     assert [r["answer"] for r in batched.rows] == single
+
+
+def test_exact_scoring_stops_once_an_answer_cannot_match(base):
+    # Short expected answers: "exact" generates only as far as a match is still possible, and
+    # scores exactly what the full-length answers would score.
+    from lorahelpers.inference import answer_budget, normalize
+
+    model, tokenizer = base
+    questions = [FRANCE, "Name a colour.", "What is 2 + 2?", "Say hello in French, please."]
+    rows = [ask(q, a) for q, a in zip(questions, ["Paris", "Blue", "4", "Bonjour"])]
+    budget = answer_budget(tokenizer, [(r[:-1], r[-1]["content"]) for r in rows], "exact", 64)
+    assert 8 < budget < 64
+    capped = evaluate(model, tokenizer, rows, "exact", CHATML, max_new_tokens=64)
+    full = evaluate(model, tokenizer, rows, "contains", CHATML, max_new_tokens=64)
+    assert any(len(r["answer"]) > len(c["answer"]) for r, c in zip(full.rows, capped.rows))
+    for c, f in zip(capped.rows, full.rows, strict=True):
+        assert len(tokenizer(c["answer"], add_special_tokens=False)["input_ids"]) <= budget
+        assert f["answer"].startswith(c["answer"])
+        assert c["correct"] == float(normalize(f["answer"]) == normalize(f["expected"]))
 
 
 def test_bad_rows_and_scorers_are_explained(base):
