@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,78 @@ def score_gguf(base_gguf, adapters: dict, tasks: dict, tokenizer, chat_format, s
                                                   max_new_tokens, lora_path=adapter)
                               for task, rows in tasks.items()}
                        for name, adapter in adapters.items()}, "llama.cpp")
+
+
+def one_base(base, adapters: dict) -> dict:
+    """The base model and each trained adapter (name -> adapter directory) as models that share
+    the one `base` in memory: {"base": ..., name: ...}. Each switches its adapter on when it
+    is called or generates (the base switches every adapter off), so score_models, evaluate
+    and verify take them like separately loaded models, and a GPU holds one base, not one per
+    adapter. `base` must be a freshly loaded model (lorahelpers.pipeline.load) without a LoRA.
+
+    >>> models = one_base(base, {"tagger": "out/tagger/adapter", "namer": "out/namer/adapter"})  # doctest: +SKIP
+    >>> score_models(models, tasks, tok, fmt)  # doctest: +SKIP
+    """
+    from peft import PeftModel
+
+    if not adapters:
+        raise SettingsError("one_base needs at least one adapter. Fix: pass {name: adapter "
+                            "directory}, e.g. {'tagger': tagger_run.adapter_dir}")
+    if hasattr(base, "peft_config"):
+        raise SettingsError("one_base needs the base model without a LoRA (this one has an "
+                            "adapter). Fix: load the base again with lorahelpers.pipeline.load")
+    if "base" in adapters:
+        raise SettingsError("an adapter is named 'base', the name of the model without one. "
+                            "Fix: give it another name")
+    (first, first_dir), *rest = adapters.items()
+    shared = PeftModel.from_pretrained(base, str(first_dir), adapter_name=first)
+    for name, adapter_dir in rest:
+        shared.load_adapter(str(adapter_dir), adapter_name=name)
+    shared.eval()
+    return {"base": AdapterView(shared, None)} | {name: AdapterView(shared, name)
+                                                  for name in adapters}
+
+
+class AdapterView:
+    """One adapter of a multi-adapter PEFT model (None: the base alone), switched on whenever
+    the model is called or generates; every other attribute is the shared model's. See
+    one_base."""
+
+    def __init__(self, shared, adapter: str | None):
+        self._shared, self.adapter = shared, adapter
+        self._off = adapter is None
+
+    def _use(self):
+        base = self._shared.base_model  # the LoRA layers' owner
+        if self._off:
+            base.disable_adapter_layers()
+        else:
+            base.enable_adapter_layers()
+            self._shared.set_adapter(self.adapter)
+        return self._shared
+
+    def __call__(self, *args, **kwargs):
+        return self._use()(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self._use().generate(*args, **kwargs)
+
+    @contextmanager
+    def disable_adapter(self):
+        """The base alone while inside (as PeftModel.disable_adapter)."""
+        was, self._off = self._off, True
+        try:
+            yield
+        finally:
+            self._off = was
+
+    def __getattr__(self, name):
+        if self.adapter is None and name in ("disable_adapter", "peft_config"):
+            raise AttributeError(name)  # the base view is not a PEFT model
+        return getattr(self._shared, name)
+
+    def __repr__(self) -> str:
+        return f"AdapterView({self.adapter or 'base, no adapter'})"
 
 
 def base_with_template(base, chat_format, out_dir, progress=print) -> Path:

@@ -126,12 +126,12 @@ def test_exact_scoring_stops_once_an_answer_cannot_match(base):
 
     model, tokenizer = base
     questions = [FRANCE, "Name a colour.", "What is 2 + 2?", "Say hello in French, please."]
-    rows = [ask(q, a) for q, a in zip(questions, ["Paris", "Blue", "4", "Bonjour"])]
+    rows = [ask(q, a) for q, a in zip(questions, ["Paris", "Blue", "4", "Bonjour"], strict=True)]
     budget = answer_budget(tokenizer, [(r[:-1], r[-1]["content"]) for r in rows], "exact", 64)
     assert 8 < budget < 64
     capped = evaluate(model, tokenizer, rows, "exact", CHATML, max_new_tokens=64)
     full = evaluate(model, tokenizer, rows, "contains", CHATML, max_new_tokens=64)
-    assert any(len(r["answer"]) > len(c["answer"]) for r, c in zip(full.rows, capped.rows))
+    assert any(len(r["answer"]) > len(c["answer"]) for r, c in zip(full.rows, capped.rows, strict=True))
     for c, f in zip(capped.rows, full.rows, strict=True):
         assert len(tokenizer(c["answer"], add_special_tokens=False)["input_ids"]) <= budget
         assert f["answer"].startswith(c["answer"])

@@ -237,6 +237,60 @@ def test_each_adapter_gguf_over_the_base_answers_like_its_pytorch_model(two_adap
 
 
 @pytest.mark.slow
+def test_one_base_in_memory_serves_the_base_and_every_adapter(two_adapters, embedded_path):
+    # What the notebook scores and verifies after training: one base with both adapters loaded,
+    # each view answering like its separately loaded model, in any order of use.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorahelpers.compare import one_base, score_models
+    from lorahelpers.verify import verify
+
+    t = two_adapters
+    base = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(embedded_path, dtype=torch.float32).eval()
+    base_numel = sum(p.numel() for p in plain.parameters())
+    models = one_base(base, t.adapter_dirs)
+    assert list(models) == ["base", "first", "second"]
+    lora_numel = sum(p.numel() for m in t.models.values()
+                     for n, p in m.named_parameters() if "lora_" in n)
+    shared = models["first"]._shared
+    assert sum(p.numel() for p in shared.parameters()) == base_numel + lora_numel  # one base
+    ids = torch.tensor([t.tokenizer("Tag the review.\n\nThe lid broke.")["input_ids"]])
+    expected = {"base": plain, **t.models}
+    with torch.no_grad():
+        for name in ("first", "base", "second", "first", "base"):
+            got, want = models[name](input_ids=ids).logits, expected[name](input_ids=ids).logits
+            assert torch.allclose(got, want, atol=1e-4), name
+        with models["second"].disable_adapter():  # what verify compares the adapter effect to
+            assert torch.allclose(models["second"](input_ids=ids).logits,
+                                  plain(input_ids=ids).logits, atol=1e-4)
+    assert not hasattr(models["base"], "peft_config")  # verify treats it as a plain model
+    views = score_models(models, t.tasks, t.tokenizer, CHATML).side_by_side(3)
+    separate = score_models(expected, t.tasks, t.tokenizer, CHATML).side_by_side(3)
+    assert views.equals(separate)
+    prompts = [row[:-1] for rows_ in t.tasks.values() for row in rows_[:2]]
+    assert verify(t.base_gguf, models["base"], t.tokenizer, prompts).passed
+    check = verify(t.base_gguf, models["second"], t.tokenizer, prompts,
+                   lora_path=t.ggufs["second"])
+    assert check.passed and check.kind == "f16+adapter", check.table()
+
+
+def test_one_base_refuses_a_model_with_a_lora_and_no_adapters():
+    from types import SimpleNamespace
+
+    from lorahelpers.compare import one_base
+    from lorahelpers.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="at least one adapter"):
+        one_base(SimpleNamespace(), {})
+    with pytest.raises(SettingsError, match="without a LoRA.*Fix: load the base again"):
+        one_base(SimpleNamespace(peft_config={}), {"a": "x"})
+    with pytest.raises(SettingsError, match="named 'base'"):
+        one_base(SimpleNamespace(), {"base": "x"})
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS[1:])  # one that accepts adapters, one that refuses
 def test_two_ollama_models_on_each_release(two_adapters, merged_gguf, version):
     from lorahelpers import ollama

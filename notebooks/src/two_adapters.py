@@ -99,25 +99,28 @@ before.side_by_side(2)
 
 # %% [markdown]
 # ## Adapter A: the tagger
-# Each adapter starts from a fresh copy of the base and has its own output directory
-# (`train` saves to `<output_dir>/adapter`).
+# The LoRA goes onto the base model scored above, and each adapter has its own output
+# directory (`train` saves to `<output_dir>/adapter`). Only one model is in memory at a time:
+# the trained model is deleted once its adapter is saved, so a free Colab GPU holds one base.
 
 # %%
 from lorahelpers.models import add_lora
-from lorahelpers.pipeline import lora_settings, train_settings
+from lorahelpers.pipeline import free_torch_memory, lora_settings, train_settings
 from lorahelpers.plots import plot_history
 from lorahelpers.training import train
 
-tagger, _, _ = load(params)
-tagger = add_lora(tagger, lora_settings(params))
+tagger = add_lora(base, lora_settings(params))
 tagger_run = train(tagger, tokenizer, data["tag"].train, data["tag"].eval, chat_format,
                    train_settings(params, output_dir=f"{params.output_dir}/tagger"))
 print(f"{tagger_run.steps} steps in {tagger_run.elapsed_s:.0f} s; adapter in "
       f"{tagger_run.adapter_dir}")
 plot_history(tagger_run.history)
+del base, tagger
+print(free_torch_memory())
 
 # %% [markdown]
 # ## Adapter B: the namer
+# A fresh copy of the base, its own LoRA.
 
 # %%
 namer, _, _ = load(params)
@@ -127,18 +130,23 @@ namer_run = train(namer, tokenizer, data["name"].train, data["name"].eval, chat_
 print(f"{namer_run.steps} steps in {namer_run.elapsed_s:.0f} s; adapter in "
       f"{namer_run.adapter_dir}")
 plot_history(namer_run.history)
+del namer
+print(free_torch_memory())
 
 # %% [markdown]
 # ## Same prompts, three models (PyTorch)
-# Every model on every task. Each adapter does its own task; asked the other question, it
-# usually still answers in its own way (a tag, a product name), because that is all it
-# learned. The base does neither.
+# One base is loaded with both saved adapters; `one_base` gives the base and each adapter as
+# a model of its own that switches its adapter on when used. Every model on every task: each
+# adapter does its own task; asked the other question, it usually still answers in its own
+# way (a tag, a product name), because that is all it learned. The base does neither.
 
 # %%
-from lorahelpers.compare import TaskScores
+from lorahelpers.compare import TaskScores, one_base
 
-after = score_models({"tagger": tagger, "namer": namer}, tasks, tokenizer, chat_format,
-                     params.scorer)
+base, _, _ = load(params)
+models = one_base(base, {"tagger": tagger_run.adapter_dir, "namer": namer_run.adapter_dir})
+after = score_models({"tagger": models["tagger"], "namer": models["namer"]}, tasks, tokenizer,
+                     chat_format, params.scorer)
 scores = TaskScores({**before.reports, **after.reports})
 display(scores)
 scores.side_by_side(3)
@@ -175,11 +183,8 @@ for path in (base_gguf, *adapter_ggufs.values()):
 from lorahelpers.verify import verify
 
 prompts = [row[:-1] for rows in tasks.values() for row in rows[:2]]
-checks = {"base": verify(base_gguf, base, tokenizer, prompts),
-          "tagger": verify(base_gguf, tagger, tokenizer, prompts,
-                           lora_path=adapter_ggufs["tagger"]),
-          "namer": verify(base_gguf, namer, tokenizer, prompts,
-                          lora_path=adapter_ggufs["namer"])}
+checks = {name: verify(base_gguf, model, tokenizer, prompts, lora_path=adapter_ggufs.get(name))
+          for name, model in models.items()}
 for report in checks.values():
     display(report)
 
