@@ -371,17 +371,25 @@ def quantize(src: Path, dst: Path, quant: str, nthread: int = 0) -> None:
                           "quantizing step")
 
 
-def check_gguf(path: Path) -> Path:
-    """Path of an existing GGUF file, or an error naming what is wrong with it."""
+def check_gguf(path: Path, what: str = "GGUF file", error: type = ExportError) -> Path:
+    """Path of an existing GGUF file, or `error` naming what is wrong with it (`what` names
+    the file's role in the message, e.g. "adapter").
+
+    >>> check_gguf("missing.gguf", "adapter")
+    Traceback (most recent call last):
+    ...
+    lorahelpers.errors.ExportError: adapter missing.gguf does not exist. Fix: check the path, or export the model first (lorahelpers.export.export_gguf)
+    """
     path = Path(path)
     if not path.is_file():
-        raise ExportError(f"{path}: no such GGUF file. Fix: check the path, or export it with "
-                          "export_gguf")
+        raise error(f"{what} {path} does not exist. Fix: check the path, or export the model "
+                    "first (lorahelpers.export.export_gguf)")
     with open(path, "rb") as f:
         head = f.read(4)
     if head != GGUF_MAGIC:
-        raise ExportError(f"{path} is not a GGUF file (it starts with {head!r}, not b'GGUF'). "
-                          "Fix: pass a .gguf written by export_gguf or export_adapter_gguf.")
+        raise error(f"{what} {path} is not a GGUF file (invalid file magic {head!r}, not "
+                    "b'GGUF'; Ollama answers 'supplied file was not in GGUF format'). Fix: pass "
+                    "a .gguf written by export_gguf or export_adapter_gguf.")
     return path
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OllamaError, SettingsError
+from .llamacpp import check_gguf
 from .modelfile import (  # noqa: F401
     check_parameters,
     model_parameters,
@@ -135,20 +136,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return "sha256:" + digest.hexdigest()
-
-
-def _gguf_file(path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise OllamaError(f"{what} {path} does not exist. Fix: export the model first "
-                          "(lorahelpers.export) or pass the path of a .gguf file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise OllamaError(f"{what} {path} is not a GGUF file (invalid file magic {magic!r}; "
-                          "Ollama answers 'supplied file was not in GGUF format'). Fix: export "
-                          "it with lorahelpers.export, which writes GGUF.")
-    return path
 
 
 def _gguf_metadata(path: Path) -> dict:
@@ -261,7 +248,7 @@ def _merged_instead(merged, adapter: Path, version: str, url: str, progress) -> 
                           "pass merged= the merged model's GGUF (export_and_verify writes one) "
                           "or a function that makes it, or use an Ollama older than 0.34.1.")
     made = callable(merged)
-    path = _gguf_file(merged() if made else merged, "merged GGUF")
+    path = check_gguf(merged() if made else merged, "merged GGUF", OllamaError)
     if _gguf_metadata(path).get("general.type") == "adapter":
         raise OllamaError(f"merged GGUF {path} is a LoRA adapter, not a merged model. Fix: "
                           "pass the GGUF of the model with the adapter merged in")
@@ -292,8 +279,8 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
     if via not in ("auto", "api", "cli"):
         raise SettingsError(f"via={via!r} is unknown. Fix: use 'auto', 'api' or 'cli'")
     name = validate_model_name(name)
-    gguf = _gguf_file(gguf, "GGUF")
-    adapter = _gguf_file(adapter, "adapter") if adapter is not None else None
+    gguf = check_gguf(gguf, "GGUF", OllamaError)
+    adapter = check_gguf(adapter, "adapter", OllamaError) if adapter is not None else None
     stop = tuple(chat_format.stop)
     try:
         model_parameters(parameters, stop, max_seq_length)

@@ -269,7 +269,7 @@ def test_errors_found_before_contacting_a_server(tmp_path, tiny):
     nowhere = f"127.0.0.1:{free_port()}"
     with pytest.raises(OllamaError, match="invalid model name 'my model'"):
         ollama.register("my model", tiny, CHATML, host=nowhere)
-    with pytest.raises(OllamaError, match="does not exist. Fix: export the model first"):
+    with pytest.raises(OllamaError, match="GGUF .*missing.gguf does not exist. Fix: check the path, or export the model first"):
         ollama.register("m", tmp_path / "missing.gguf", CHATML, host=nowhere)
     zipped = tmp_path / "model.gguf"
     zipped.write_bytes(b"PK\x03\x04rest")
