@@ -16,9 +16,11 @@ setup-dev:
 demo: setup
 	$(PY) -m lorahelpers demo
 
-# Every test, the notebooks included; the 25 slowest are listed at the end.
+# Every test, the notebooks included, in two worker processes (one per core here; each test
+# file stays in one worker); the 25 slowest are listed at the end. PYTEST_ARGS="-n 0" runs
+# them in one process.
 test: setup-dev
-	$(PY) -m pytest --nbmake --nbmake-timeout=600 --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest --nbmake --nbmake-timeout=600 -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # The tier to run while editing: no notebook, no test marked slow (a few minutes).
 test-fast: setup-dev
