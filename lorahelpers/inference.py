@@ -303,8 +303,9 @@ def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
 def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
                   max_new_tokens: int = 64, n_gpu_layers: int = 0, lora_path=None) -> EvalReport:
     """evaluate, run by llama.cpp: the same prompts (rendered by chat_format), stop tokens,
-    answer lengths, scorers and report, for a GGUF (with `lora_path`, an adapter GGUF over it). Greedy, one
-    row at a time; n_gpu_layers=-1 puts every layer on the GPU (a llama.cpp CUDA build).
+    answer lengths, scorers and report, for a GGUF (with `lora_path`, an adapter GGUF over
+    it). Greedy, one row at a time; n_gpu_layers=-1 puts every layer on the GPU (a llama.cpp
+    CUDA build).
 
     >>> evaluate_gguf("out/m-q8_0.gguf", eval_rows, fmt, tokenizer).score  # doctest: +SKIP
     100.0

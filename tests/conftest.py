@@ -29,7 +29,10 @@ SHARED_BUILDS = {"finetuned", "export_source", "merge_result", "merged_dir", "me
 def pytest_sessionstart(session):
     # `make test` runs two pytest-xdist workers. The embedded checkpoints are built once, here
     # in the controlling process, so that two workers never build the same cache folder.
-    if hasattr(session.config, "workerinput") or session.config.getoption("collectonly"):
+    # Only a run with workers needs it: a one-process run builds them when a test asks.
+    workers = getattr(session.config.option, "numprocesses", None)
+    if (not workers or hasattr(session.config, "workerinput")
+            or session.config.getoption("collectonly")):
         return
     from lorahelpers.models import embedded_base, embedded_gemma
 
