@@ -211,7 +211,7 @@ def main() -> None:
 
     rows = []
     r, settings = bench_lorahelpers(convs, args.steps, args.batch)
-    rows.append(("lorahelpers.train", r, f"bf16={settings.bf16}, checkpointing="
+    rows.append(("lorahelpers.train", r, f"precision={settings.precision}, checkpointing="
                  f"{settings.gradient_checkpointing}, {settings.optim}, length-grouped"))
     r = bench_plain_loop(examples, args.steps, args.batch, tokenizer.pad_token_id)
     rows.append(("plain PyTorch loop, fp32", r, "forward with labels, backward, AdamW"))

@@ -167,16 +167,31 @@ def causal_lm_of(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def plain_lm_head(model) -> bool:
-    """Whether label_loss may compute the model's loss: heads that scale or cap their logits
-    (Gemma 2's softcapping, ...) go through TRL's own loss instead.
+def logit_transform(model):
+    """What the model's head does to its logits after the linear layer, as a function (None
+    when nothing): Gemma 2's tanh soft-capping, Cohere's logit_scale, Granite's
+    logits_scaling. label_loss applies it, so its loss is the model's own for these heads too.
 
-    >>> plain_lm_head(model)  # doctest: +SKIP
+    >>> logit_transform(model) is None  # doctest: +SKIP
     True
     """
     config = causal_lm_of(model).config.get_text_config()
-    return not any(getattr(config, k, None) for k in
-                   ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divisor = getattr(config, "logits_scaling", None)
+    if not (cap or scale or divisor):
+        return None
+
+    def transform(logits):
+        if scale:
+            logits = logits * scale
+        if divisor:
+            logits = logits / divisor
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
 
 
 def label_loss(model, batch: dict, num_items_in_batch=None):
@@ -194,18 +209,21 @@ def label_loss(model, batch: dict, num_items_in_batch=None):
                                   use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE
-    total = _label_nll(hidden[:, :-1][mask], labels[mask], causal_lm.get_output_embeddings())
+    total = _label_nll(hidden[:, :-1][mask], labels[mask], causal_lm.get_output_embeddings(),
+                       logit_transform(causal_lm))
     denom = mask.sum() if num_items_in_batch is None else num_items_in_batch
     return total / torch.as_tensor(denom, device=total.device).clamp(min=1)
 
 
-def _label_nll(hidden, targets, lm_head, chunk_elements: int = 2**26):
+def _label_nll(hidden, targets, lm_head, transform=None, chunk_elements: int = 2**26):
     """Sum of -log p(target) over rows of hidden, in chunks whose logits are recomputed in
     backward, so memory stays bounded for long sequences and large vocabularies."""
     weight, bias = lm_head.weight, lm_head.bias
 
     def nll(h, y):
         logits = F.linear(h, weight, bias)
+        if transform is not None:
+            logits = transform(logits.float())
         return F.cross_entropy(logits.float(), y, reduction="sum")
 
     rows = max(256, chunk_elements // weight.shape[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lorahelpers.errors import SettingsError
 from lorahelpers.quants import QUANTS
-from lorahelpers.runtime import RuntimeReport, runtime_report
+from lorahelpers.runtime import PRECISIONS, RuntimeReport, runtime_report
 
 ENV_PREFIX = "LORAHELPERS_"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -78,6 +78,9 @@ class Params:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     max_seq_length: int | None = field(default=None, metadata={
         "help": "tokens per example, longer ones cut"})
+    precision: str = field(default="auto", metadata={
+        "help": "'auto' (bf16 where the hardware has it, fp16 on older GPUs, else float32), "
+                "'fp32', 'bf16' or 'fp16' (CUDA only)"})
     quants: tuple[str, ...] | None = field(default=None, metadata={
         "help": f"GGUF types to export: {', '.join(QUANTS)}"})
     ollama_name: str = field(default="lorahelpers-demo", metadata={"help": "model name in Ollama"})
@@ -112,6 +115,9 @@ class Params:
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise SettingsError(f"learning_rate is {self.learning_rate}. Fix: a number between 0 "
                                 "and 1, e.g. 2e-4")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"precision is {self.precision!r}. Fix: use one of "
+                                f"{', '.join(PRECISIONS)}")
         if (self.template is None) != (self.output_column is None):
             raise SettingsError("template and output_column go together (template="
                                 f"{self.template!r}, output_column={self.output_column!r}). "

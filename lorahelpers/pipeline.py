@@ -70,7 +70,8 @@ def train_settings(params: Params, **overrides):
     values = {"output_dir": params.output_dir, "max_steps": params.max_steps,
               "batch_size": params.batch_size, "grad_accum": params.grad_accum,
               "learning_rate": params.learning_rate,
-              "max_seq_length": params.max_seq_length, "seed": params.seed} | overrides
+              "max_seq_length": params.max_seq_length, "seed": params.seed,
+              "precision": params.precision} | overrides
     values = {k: v for k, v in values.items() if v is not None}  # None: the device default
     values.setdefault("keep_dir", keep_folder(params.keep_dir, params.output_dir,
                                               run_dir=values["output_dir"]))

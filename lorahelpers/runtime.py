@@ -8,6 +8,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Training precisions a user can ask for; "auto" is RuntimeReport.precision.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class RuntimeReport:
@@ -92,9 +95,26 @@ def _unsloth_status(cuda: bool) -> tuple[bool, str | None]:
     return True, None
 
 
+# Set to 0 to run as if the CPU had no fast bf16 (training then defaults to float32): how the
+# suite is run for CPUs without AVX-512 BF16/AMX, and a way out for a user whose CPU misbehaves.
+CPU_BF16_ENV = "LORAHELPERS_CPU_BF16"
+
+
+def cpu_bf16_switched_off(env=None) -> bool:
+    """Whether LORAHELPERS_CPU_BF16=0 (or false/no/off) asks to treat the CPU as without bf16.
+
+    >>> cpu_bf16_switched_off({"LORAHELPERS_CPU_BF16": "0"})
+    True
+    """
+    value = (os.environ if env is None else env).get(CPU_BF16_ENV, "")
+    return value.strip().lower() in ("0", "false", "no", "off")
+
+
 def _cpu_bf16() -> bool:
     # AVX-512 BF16 or AMX make bf16 matmuls several times faster than fp32 on CPU; without them
     # bf16 autocast is emulated and slower, so report it as unsupported.
+    if cpu_bf16_switched_off():
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -128,6 +148,8 @@ def runtime_report() -> RuntimeReport:
     except ImportError:
         threads = os.cpu_count() or 1
     bf16, reason = choose_precision(cuda, capability, not cuda and _cpu_bf16())
+    if not cuda and cpu_bf16_switched_off():
+        reason = f"{CPU_BF16_ENV}=0: float32"
     unsloth, unsloth_error = _unsloth_status(cuda)
     return RuntimeReport(
         cuda=cuda,

@@ -59,7 +59,9 @@ def run_training(params: Params, export: bool = False, register: bool = False,
     say = progress if is_main() else (lambda *a, **k: None)
     processes = world_size()
     step = stepper(say, 4 if export else 3)
-    say(runtime_report().summary() + (f", {processes} processes" if processes > 1 else ""))
+    runtime = runtime_report()
+    say(runtime.summary() + (f", {processes} processes" if processes > 1 else ""))
+    precision = runtime.precision if params.precision == "auto" else params.precision
     step("Reading data")
     data = prepare_data(params)
     say(str(data.report))
@@ -67,7 +69,8 @@ def run_training(params: Params, export: bool = False, register: bool = False,
     model, tokenizer, fmt = load(params)
     per_step = params.examples_per_step * processes
     step(f"Training LoRA r={params.lora_r} for {params.max_steps} steps, {per_step} "
-         f"conversations per step" + (f" ({processes} processes)" if processes > 1 else ""))
+         f"conversations per step" + (f" ({processes} processes)" if processes > 1 else "")
+         + f", {precision}")
     model = add_lora(model, lora_settings(params))
     result = train(model, tokenizer, data.train, data.eval, fmt,
                    train_settings(params, progress="auto", resume=resume))

@@ -29,7 +29,6 @@ from .batches import (
     PadCollator,
     causal_lm_of,
     label_loss,
-    plain_lm_head,
     tokenize_conversations,
 )
 from .chat import ChatFormat, get_chat_format, install_chat_template
@@ -40,7 +39,7 @@ from .keep import last_checkpoint
 from .models import backend_of, save_adapter
 from .params import device_defaults
 from .plots import in_notebook, make_progress
-from .runtime import RuntimeReport, runtime_report
+from .runtime import PRECISIONS, RuntimeReport, runtime_report
 
 
 def _help(default, text: str):
@@ -76,8 +75,8 @@ class TrainSettings:
     gradient_checkpointing: bool | None = _help(None, "Recompute activations to save memory; "
                                                 "None: on for GPU, off on CPU (where it only "
                                                 "costs time).")
-    bf16: bool | None = _help(None, "bf16 mixed precision; None: where the hardware has it (fp16 "
-                              "on older GPUs).")
+    precision: str = _help("auto", "'auto' (bf16 where the hardware has it natively, fp16 on "
+                           "older GPUs, else float32), 'fp32', 'bf16' or 'fp16' (CUDA only).")
     optim: str | None = _help(None, "Optimizer; None: adamw_8bit on GPU, adamw_torch on CPU.")
     group_by_length: bool = _help(True, "Batch conversations of similar length (less padding).")
     resume: bool = _help(False, "Continue from the last checkpoint in output_dir.")
@@ -106,6 +105,9 @@ class TrainSettings:
         if self.warmup_steps < 0:
             raise SettingsError(f"TrainSettings.warmup_steps is {self.warmup_steps}. Fix: 0 or "
                                 "more")
+        if self.precision not in PRECISIONS:
+            raise SettingsError(f"TrainSettings.precision is {self.precision!r}. Fix: use one of "
+                                f"{', '.join(PRECISIONS)}")
         if self.progress not in ("auto", "notebook", "terminal", "none"):
             raise SettingsError(f"TrainSettings.progress is {self.progress!r}. Fix: use 'auto', "
                                 "'notebook', 'terminal' or 'none'")
@@ -120,13 +122,17 @@ class TrainSettings:
                                            "max_steps")} | {
             "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None) or 2048,
             "gradient_checkpointing": gpu and backend_of(model) != "unsloth",
-            "bf16": report.bf16,
             "optim": ("adamw_8bit" if _bitsandbytes() else "adamw_torch_fused") if gpu
             else "adamw_torch",
             "reraise_interrupt": not in_notebook(),
         }
+        precision = report.precision if self.precision == "auto" else self.precision
+        if precision == "fp16" and not gpu:
+            raise SettingsError("TrainSettings.precision is 'fp16', which trains on a CUDA GPU "
+                                "only. Fix: use 'auto', 'fp32' or 'bf16' on this machine")
         return dataclasses.replace(
-            self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+            self, precision=precision,
+            **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 def _bitsandbytes() -> bool:
@@ -203,6 +209,11 @@ def _classes():
             self._meter = _Meter()
             super().__init__(*args, **kwargs)
             self.add_callback(self._meter)
+            # compute_loss divides by num_items_in_batch (the answer tokens of the whole step,
+            # over every micro-batch and process) whatever the model's forward accepts, so the
+            # trainer must count them and leave gradient accumulation to the loss.
+            self.model_accepts_loss_kwargs = True
+            self._loss_shifts_labels = True
 
         def _get_train_sampler(self, train_dataset=None):
             if self._lengths is None:
@@ -220,14 +231,21 @@ def _classes():
             return self.accelerator.autocast()
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # label_loss calls the backbone directly; under DistributedDataParallel that would
-            # skip the wrapper's forward, and with it the gradient averaging across processes.
-            wrapped = model is not self.accelerator.unwrap_model(model)
-            if return_outputs or wrapped or not plain_lm_head(model):
+            # One loss for every model and launcher: ours (label_loss), never TRL's fused LM
+            # head (its triton kernel fails on CPU under trl 1.15).
+            if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if model.training:
                 self._meter.tokens += int(inputs["attention_mask"].sum())
-            return label_loss(model, inputs, num_items_in_batch)
+            loss = wrapped_loss(model, self.accelerator.unwrap_model(model), inputs,
+                                num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # num_items_in_batch counts the answer tokens of every process and the
+                # processes average their gradients: scaled so the step's gradient is that of
+                # one process summing over all the answer tokens (token-weighted, like the
+                # Trainer's own loss), whatever each process's share of them.
+                loss = loss * self.accelerator.num_processes
+            return loss
 
         def log(self, logs: dict, start_time: float | None = None) -> None:
             step = self.state.global_step
@@ -246,6 +264,27 @@ def _classes():
             super().log(logs, start_time)
 
     return _Meter, _Progress, _Trainer
+
+
+def wrapped_loss(model, inner, batch: dict, num_items_in_batch=None):
+    """label_loss of `inner` (the PEFT model), computed inside the forward of `model` when a
+    launcher wrapped it (DistributedDataParallel): the wrapper synchronises gradients only for
+    what runs through its forward, so the loss takes the place of inner's forward for one call.
+
+    >>> wrapped_loss(model, model, batch)  # doctest: +SKIP
+    tensor(2.3125, grad_fn=<DivBackward0>)
+    """
+    if model is inner:
+        return label_loss(inner, batch, num_items_in_batch)
+    saved = inner.__dict__.get("forward")
+    inner.forward = lambda **kwargs: label_loss(inner, kwargs, num_items_in_batch)
+    try:
+        return model(**batch)
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
 
 
 def _float(value):
@@ -295,14 +334,14 @@ def _planned_steps(s: TrainSettings, n_examples: int) -> int:
     return max(1, math.ceil(per_epoch * s.num_epochs))
 
 
-def precision_flags(cuda: bool, bf16: bool) -> dict:
-    """The trainer's mixed-precision switches: bf16 where the device has it natively, fp16 on
-    GPUs without it (T4, V100), float32 on CPUs without bf16.
+def precision_flags(cuda: bool, precision: str) -> dict:
+    """The trainer's mixed-precision switches for a resolved precision ("fp32", "bf16" or
+    "fp16"): weights stay float32, the forward runs under autocast to the 16-bit type.
 
-    >>> precision_flags(cuda=True, bf16=False)
+    >>> precision_flags(cuda=True, precision="fp16")
     {'bf16': False, 'fp16': True, 'use_cpu': False}
     """
-    return {"bf16": bf16, "fp16": cuda and not bf16, "use_cpu": not cuda}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
 
 
 def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bool,
@@ -317,7 +356,7 @@ def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bo
         learning_rate=s.learning_rate, lr_scheduler_type=s.lr_scheduler,
         warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm,
         optim=s.optim, seed=s.seed, data_seed=s.seed,
-        **precision_flags(report.cuda, bool(s.bf16)),
+        **precision_flags(report.cuda, s.precision),
         gradient_checkpointing=bool(s.gradient_checkpointing),
         gradient_checkpointing_kwargs={"use_reentrant": False}
         if s.gradient_checkpointing else None,
@@ -402,7 +441,8 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     t0 = time.perf_counter()
     interrupted = False
     try:
-        with _cpu_fast_path(model, enabled=s.bf16 and not report.cuda, longest=longest):
+        with _cpu_fast_path(model, enabled=s.precision == "bf16" and not report.cuda,
+                            longest=longest):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         interrupted = True

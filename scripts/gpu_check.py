@@ -61,7 +61,7 @@ def run(backend: str, out: str) -> dict:
         "tokens_per_s": sorted(rates)[len(rates) // 2] if rates else float("nan"),
         "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "final_loss": result.final_loss,
-        "settings": f"batch {s.batch_size}x{s.grad_accum}, {s.optim}, bf16={s.bf16}, "
+        "settings": f"batch {s.batch_size}x{s.grad_accum}, {s.optim}, precision={s.precision}, "
                     f"checkpointing={s.gradient_checkpointing}"}
     if os.environ.get("GPU_CHECK_EXPORT") == "1":
         figures |= export_checks(model, tokenizer, result.adapter_dir, held_out, out)

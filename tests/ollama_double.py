@@ -57,8 +57,9 @@ DEFAULT_NUM_PREDICT = 256
 # 4k, 32k or 256k by GPU memory, which is 4k on a machine without a GPU.
 DEFAULT_NUM_CTX = 4096
 # One release of each line the tests run against: before 0.30 (Go runner), 0.30-0.33
-# (llama-server, adapters still accepted), 0.34.1 and later (adapters refused).
-VERSIONS = ("0.12.6", "0.32.15", "0.34.2")
+# (llama-server, adapters still accepted), 0.34.1 and later (adapters refused); and 0.34.1
+# itself, the first release that refuses, so that a boundary off by one release is seen.
+VERSIONS = ("0.12.6", "0.32.15", "0.34.1", "0.34.2")
 NEWEST = VERSIONS[-1]
 
 
@@ -68,7 +69,10 @@ class Release:
     property names where it was read: github.com/ollama/ollama at the release tags (0.12.0 to
     0.33.0-rc2 were compared tag by tag); the 0.34.1 changes from its pull requests 14969
     (adapters) and 18448 (typical_p) and the import docs, whose source was not available here.
-    "0.0.0" (a source build) is taken as the newest."""
+    0.34.1 and 0.34.2 behave alike in everything below: neither tag's source was available
+    (the newest there is 0.33.0-rc2; main of 2026-08-21 still accepts adapters and typical_p),
+    so a difference between the two could not be read. "0.0.0" (a source build) is taken as
+    the newest."""
 
     version: str
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -100,6 +101,24 @@ def test_runtime_report_matches_torch():
     if not report.cuda:
         assert report.gpu_name is None and report.backend == "transformers"
         assert report.summary().startswith("CPU only")
+
+
+def test_the_cpu_bf16_switch_makes_the_runtime_choose_float32(monkeypatch):
+    from lorahelpers import runtime
+
+    monkeypatch.setattr(runtime, "open", lambda *a, **k: io.StringIO("flags: avx512_bf16"),
+                        raising=False)
+    monkeypatch.delenv(runtime.CPU_BF16_ENV, raising=False)
+    if runtime.runtime_report().cuda:
+        pytest.skip("the switch is about CPUs")
+    assert runtime.runtime_report().precision == "bf16"
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(runtime.CPU_BF16_ENV, off)
+        report = runtime.runtime_report()
+        assert (report.bf16, report.precision) == (False, "fp32")
+        assert "precision: fp32 (LORAHELPERS_CPU_BF16=0: float32)" in report.summary()
+    monkeypatch.setenv(runtime.CPU_BF16_ENV, "1")
+    assert runtime.runtime_report().precision == "bf16"
 
 
 def test_doctor_reports_the_runtime():

@@ -89,13 +89,21 @@ def test_t4_trains_in_fp16_and_the_summary_says_why():
     from lorahelpers.training import TrainSettings, precision_flags
 
     s = TrainSettings(output_dir="unused").resolved(report)
-    assert precision_flags(report.cuda, s.bf16) == {"bf16": False, "fp16": True, "use_cpu": False}
+    assert precision_flags(report.cuda, s.precision) == {"bf16": False, "fp16": True, "use_cpu": False}
     a100 = runtime(True, (8, 0), bf16=True)
     s = TrainSettings(output_dir="unused").resolved(a100)
-    assert precision_flags(a100.cuda, s.bf16) == {"bf16": True, "fp16": False, "use_cpu": False}
+    assert precision_flags(a100.cuda, s.precision) == {"bf16": True, "fp16": False, "use_cpu": False}
     cpu = runtime(False, bf16=False)
     s = TrainSettings(output_dir="unused").resolved(cpu)
-    assert precision_flags(cpu.cuda, s.bf16) == {"bf16": False, "fp16": False, "use_cpu": True}
+    assert precision_flags(cpu.cuda, s.precision) == {"bf16": False, "fp16": False, "use_cpu": True}
+    # asked for, a precision overrides the device's choice; fp16 needs CUDA
+    forced = TrainSettings(output_dir="unused", precision="fp32").resolved(a100)
+    assert precision_flags(a100.cuda, forced.precision)["bf16"] is False
+    assert TrainSettings(output_dir="unused", precision="bf16").resolved(cpu).precision == "bf16"
+    with pytest.raises(ValueError, match="'fp16', which trains on a CUDA GPU only. Fix:"):
+        TrainSettings(output_dir="unused", precision="fp16").resolved(cpu)
+    with pytest.raises(ValueError, match="precision is 'fp64'. Fix: use one of auto, fp32"):
+        TrainSettings(output_dir="unused", precision="fp64")
 
 
 # ---- one source of device defaults ----------------------------------------------------------

@@ -119,7 +119,8 @@ def test_the_starter_file_loads_back_to_the_defaults(tmp_path, kind):
     assert load(path) == defaults
 
 
-def test_print_config_and_errors_from_the_command_line(tmp_path, capsys):
+def test_print_config_and_errors_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were validation to let the file through, it would train here
     assert main(["train", "--print-config", "--set", "max_steps=5"]) == 0
     printed = capsys.readouterr().out
     assert "\nmax_steps = 5\n" in printed
@@ -132,12 +133,32 @@ def test_print_config_and_errors_from_the_command_line(tmp_path, capsys):
 
 # ---- two processes ------------------------------------------------------------------------
 
-TINY = {"max_steps": 3, "batch_size": 1, "grad_accum": 1, "max_seq_length": 64,
+TINY = {"max_steps": 3, "batch_size": 1, "grad_accum": 1, "max_seq_length": 96,
         "eval_size": 2, "learning_rate": 1e-3, "keep_dir": "off"}
-# Measured: 2 processes x batch 1 against 1 process x batch 2 over 3 steps: the adapters'
-# weight updates (B @ A) differ by 1.0e-4 of their norm and the logged losses by 2e-6 relative;
-# one process x batch 1 (half the data per step) differs from the 2-process adapter by 0.42.
-TOLERANCE = 1e-3
+# Two processes x batch 1 against one process x batch 2 over 3 steps, on rows whose answers
+# have different lengths (so the two processes of a step hold different numbers of answer
+# tokens). Measured here (the two runs' largest relative loss difference; the distance of the
+# LoRA updates B @ A relative to their norm), on a CPU with AMX and on the same CPU limited to
+# AVX-512 BF16 (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16), see the README "Several processes":
+#   fp32: losses FP32_MEASURED, updates FP32_MEASURED
+#   bf16: losses BF16_MEASURED, updates BF16_MEASURED
+# One process x batch 1 (half the data per step) differs from the two-process adapter by 0.4,
+# so both limits still tell a wrong run from a right one.
+TOLERANCE = {"fp32": (1e-4, 1e-3), "bf16": (1e-2, 0.1)}  # (loss, update)
+
+
+def unequal_answers() -> list[dict]:
+    """Alpaca rows whose answers run from 1 to 16 words, the prompt shorter by as much, so the
+    length-grouped batches pair answers of different lengths."""
+    words = ("the product arrived quickly and works exactly as the seller described it, "
+             "sturdy light cheap and quiet").split()
+    rows = []
+    for i in range(64):
+        k = (i * 7) % 16
+        rows.append({"instruction": "Tag the review.",
+                     "input": f"Review {i}: " + " ".join(words[k:]),
+                     "output": " ".join(["POS" if i % 2 == 0 else "NEG"] + words[:k])})
+    return rows
 
 
 def _update_distance(adapter: Path, reference: Path) -> float:
@@ -157,12 +178,17 @@ def _update_distance(adapter: Path, reference: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision, grad_accum", [("fp32", 2), ("bf16", 1)])
 def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
-        tmp_path, embedded_path):
+        tmp_path, embedded_path, precision, grad_accum):
     from lorahelpers.train_command import run_training
 
+    data = tmp_path / "unequal.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in unequal_answers()))
     config = tmp_path / "tiny.toml"
-    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in
+                              (TINY | {"data": str(data), "precision": precision,
+                                       "grad_accum": grad_accum}).items()))
     two = tmp_path / "two"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -172,6 +198,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # one process printed the progress and wrote the files, nothing half-written is left
     assert done.stdout.count("[1/3] Reading data") == 1, done.stdout
+    assert f"conversations per step (2 processes), {precision}\n" in done.stdout, done.stdout
     assert [p.name for p in two.iterdir() if p.name.startswith(".")] == []
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
     history = json.loads((two / "history.json").read_text())
@@ -182,6 +209,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
     reference = json.loads((tmp_path / "one" / "history.json").read_text())
     losses = [(r["loss"], s["loss"]) for r, s in zip(history, reference, strict=True)
               if r.get("loss") is not None]
-    assert all(abs(a - b) < TOLERANCE * b for a, b in losses), losses
+    loss_limit, update_limit = TOLERANCE[precision]
+    assert all(abs(a - b) < loss_limit * b for a, b in losses), losses
     distance = _update_distance(two / "adapter", one.adapter_dir)
-    assert distance < TOLERANCE, distance
+    assert distance < update_limit, distance

@@ -1,6 +1,6 @@
 """Verification that can fail: for every quant type a wrong export (the base without the
 adapter, a merge at the wrong scale) is rejected, and a fast check that the streamed merge
-applies alpha / r (not 1, not alpha) on a tiny model."""
+applies alpha / r (not 1, not alpha), or alpha / sqrt(r) with rsLoRA, on a tiny model."""
 
 from __future__ import annotations
 
@@ -46,13 +46,15 @@ def test_adapter_scale_is_the_share_of_the_adapter_effect_carried():
     assert stats.adapter_scale() is None
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, embedded_tokenizer):
-    """A two-layer Llama with random weights and a random LoRA with alpha != r."""
+@pytest.fixture(scope="module", params=[False, True], ids=["lora", "rslora"])
+def tiny(request, tmp_path_factory, embedded_tokenizer):
+    """A two-layer Llama with random weights and a random LoRA with alpha != r (rsLoRA in the
+    second run), and the scale its update must be merged at: alpha / r, or alpha / sqrt(r)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    rslora = request.param
     root = tmp_path_factory.mktemp("tiny")
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -63,10 +65,11 @@ def tiny(tmp_path_factory, embedded_tokenizer):
     embedded_tokenizer.save_pretrained(root / "base")
     torch.manual_seed(1)
     peft = get_peft_model(model, LoraConfig(r=2, lora_alpha=7, init_lora_weights=False,
+                                            use_rslora=rslora,
                                             target_modules=["q_proj", "v_proj", "down_proj"]))
     peft.eval()
     peft.save_pretrained(root / "adapter")
-    return root, peft
+    return root, peft, 7 / 2 ** 0.5 if rslora else 7 / 2
 
 
 def test_streamed_merge_scales_by_alpha_over_r(tiny, tmp_path):
@@ -75,7 +78,7 @@ def test_streamed_merge_scales_by_alpha_over_r(tiny, tmp_path):
 
     from lorahelpers.merge import merge_lora
 
-    root, peft = tiny
+    root, peft, scale = tiny
     merge_lora(root / "adapter", tmp_path / "merged", base_dir=root / "base",
                progress=lambda s: None)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
@@ -87,9 +90,10 @@ def test_streamed_merge_scales_by_alpha_over_r(tiny, tmp_path):
             base = peft(input_ids=ids).logits
     assert (want - base).abs().max() > 1e-2  # the adapter matters
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
-    # the weights themselves: W + (7 / 2) * B @ A
+    # the weights themselves: W + (7 / 2) * B @ A, with rsLoRA W + (7 / sqrt(2)) * B @ A
     layer = peft.base_model.model.model.layers[0].self_attn.q_proj
-    expected = layer.base_layer.weight + 3.5 * layer.lora_B["default"].weight @ \
+    assert layer.scaling["default"] == pytest.approx(scale)
+    expected = layer.base_layer.weight + scale * layer.lora_B["default"].weight @ \
         layer.lora_A["default"].weight
     assert torch.allclose(merged.model.layers[0].self_attn.q_proj.weight, expected, atol=1e-6)
 
