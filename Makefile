@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-dev demo test test-fast lint bench clean
+.PHONY: setup setup-dev demo test test-fast test-no-bf16 test-colab-set lint bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,18 @@ test: setup-dev
 test-fast: setup-dev
 	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
+# The training tests again as on a CPU without bf16 (LORAHELPERS_CPU_BF16=0: the runtime picks
+# float32 where it would pick bf16 autocast), so that a suite passing here passes on every CPU.
+TRAINING_TESTS := tests/test_training.py tests/test_train_command.py tests/test_loss_path.py \
+	tests/test_keep.py tests/test_learning_effect.py
+test-no-bf16: setup-dev
+	LORAHELPERS_CPU_BF16=0 $(PY) -m pytest -n 2 --dist loadgroup $(TRAINING_TESTS) $(PYTEST_ARGS)
+
+# The non-slow tier under the versions Colab's GPU runtime resolves beside Unsloth
+# (transformers 5.17, trl 1.15, ...), in .venv-colab; CI runs it after `make test`.
+test-colab-set:
+	@bash scripts/colab_set_tests.sh
+
 lint: setup-dev
 	$(PY) -m ruff check lorahelpers tests bench scripts
 
@@ -34,4 +46,4 @@ bench: setup-dev
 	$(PY) bench/export.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-colab .pytest_cache

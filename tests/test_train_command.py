@@ -136,15 +136,18 @@ def test_print_config_and_errors_from_the_command_line(tmp_path, capsys, monkeyp
 TINY = {"max_steps": 3, "batch_size": 1, "grad_accum": 1, "max_seq_length": 96,
         "eval_size": 2, "learning_rate": 1e-3, "keep_dir": "off"}
 # Two processes x batch 1 against one process x batch 2 over 3 steps, on rows whose answers
-# have different lengths (so the two processes of a step hold different numbers of answer
-# tokens). Measured here (the two runs' largest relative loss difference; the distance of the
-# LoRA updates B @ A relative to their norm), on a CPU with AMX and on the same CPU limited to
-# AVX-512 BF16 (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16), see the README "Several processes":
-#   fp32: losses FP32_MEASURED, updates FP32_MEASURED
-#   bf16: losses BF16_MEASURED, updates BF16_MEASURED
-# One process x batch 1 (half the data per step) differs from the two-process adapter by 0.4,
-# so both limits still tell a wrong run from a right one.
-TOLERANCE = {"fp32": (1e-4, 1e-3), "bf16": (1e-2, 0.1)}  # (loss, update)
+# have different lengths (the two processes of a step hold different numbers of answer tokens).
+# Measured (largest relative loss difference over the steps; distance of the LoRA updates
+# B @ A relative to their norm), equal / unequal answer lengths, grad_accum 1:
+#   fp32:                    2.6e-5 / 2.7e-5 update, 4e-7 / 3e-7 loss
+#   bf16, AMX:               2.9e-2 / 2.4e-2 update, 1.2e-3 / 8e-4 loss
+#   bf16, AVX-512 BF16 only: 3.0e-2 / 1.9e-2 update, 9.2e-3 / 1.5e-3 loss
+#     (the same CPU with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16: bf16 rounds differently for
+#     batch 1 and batch 2 shapes, and Adam's first steps amplify it)
+# Wrong runs these limits reject: the loss averaged per process instead of over the answer
+# tokens of all processes (fp32, unequal): 7.2e-2 update, 2.1e-2 loss; one process x batch 1
+# (half the data per step): 0.62 update.
+TOLERANCE = {"fp32": (1e-4, 1e-3), "bf16": (5e-2, 0.15)}  # (loss, update)
 
 
 def unequal_answers() -> list[dict]:
@@ -210,6 +213,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
     losses = [(r["loss"], s["loss"]) for r, s in zip(history, reference, strict=True)
               if r.get("loss") is not None]
     loss_limit, update_limit = TOLERANCE[precision]
-    assert all(abs(a - b) < loss_limit * b for a, b in losses), losses
     distance = _update_distance(two / "adapter", one.adapter_dir)
+    print(f"{precision}: losses {losses}, update distance {distance:.2e}")
+    assert all(abs(a - b) < loss_limit * b for a, b in losses), losses
     assert distance < update_limit, distance
