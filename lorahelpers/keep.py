@@ -22,6 +22,11 @@ from pathlib import Path
 from lorahelpers.atomic import atomic_dir, atomic_path, write_atomic
 from lorahelpers.errors import SettingsError
 
+
+class KeepFolderError(SettingsError, FileExistsError):
+    """keep_dir names a folder holding checkpoints that lorahelpers did not write."""
+
+
 DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
 OFF = "off"
 RUN_FILE = "run.json"
@@ -157,6 +162,23 @@ def fingerprint(settings, model, examples) -> str:
     return digest.hexdigest()
 
 
+def recorded_run(folder) -> str | None:
+    """The fingerprint of the run whose checkpoints `folder` holds (its run.json), or None.
+
+    >>> recorded_run("/nonexistent") is None
+    True
+    """
+    try:
+        return json.loads((Path(folder) / RUN_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def record_run(folder, run_fingerprint: str) -> None:
+    """Write `folder`/run.json: the run its checkpoints belong to (see fingerprint)."""
+    write_atomic(Path(folder) / RUN_FILE, json.dumps({"fingerprint": run_fingerprint}) + "\n")
+
+
 def _plain(value):
     # Sets (PEFT's target_modules) in a fixed order: their own order changes between processes.
     return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else str(value)
@@ -185,22 +207,19 @@ class Keeper:
         kept_dir = folder / "checkpoints"
         run_file = folder / RUN_FILE
         if not run_file.exists() and any((folder / n).exists() for n in ("checkpoints", "adapter")):
-            raise FileExistsError(f"{folder} holds a checkpoints or adapter folder that lorahelpers "
+            raise KeepFolderError(f"{folder} holds a checkpoints or adapter folder that lorahelpers "
                                   f"did not write (no {RUN_FILE}); keeping this run there would "
                                   "replace it. Fix: set keep_dir to an empty or new folder")
         for leftover in kept_dir.glob(".*"):  # copies cut short by a lost runtime
             shutil.rmtree(leftover, ignore_errors=True)
-        try:
-            same = json.loads(run_file.read_text()).get("fingerprint") == run_fingerprint
-        except (OSError, ValueError):
-            same = False
+        same = recorded_run(folder) == run_fingerprint
         kept = last_checkpoint(kept_dir) if same else None
         if not same:
             if last_checkpoint(kept_dir) is not None:
                 print(f"The checkpoints kept in {kept_dir} are from a run with other settings, "
                       "data or model; this run starts over and replaces them.")
             shutil.rmtree(kept_dir, ignore_errors=True)
-            write_atomic(run_file, json.dumps({"fingerprint": run_fingerprint}) + "\n")
+            record_run(folder, run_fingerprint)
             return cls(folder, out)
         local = last_checkpoint(out / "checkpoints")
         if _step(kept) > _step(local):

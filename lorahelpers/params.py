@@ -138,6 +138,18 @@ class Params:
         out.sources = self.sources | {k: (label, v) for k, v in filled.items()}
         return out
 
+    def replace(self, **changes) -> Params:
+        """A copy with `changes`, keeping where every other value came from (a plain
+        dataclasses.replace would report each default as "set").
+
+        >>> cpu = RuntimeReport(False, None, None, False, False, False, 2, None, "3.12")
+        >>> default_params("table", cpu, env={}).replace(sheet="orders").source("batch_size")
+        'CPU default'
+        """
+        out = dataclasses.replace(self, **changes)
+        out.sources = dict(self.sources)
+        return out
+
     def resolved_model(self) -> str:
         """The model path or Hub name to load ('embedded' becomes the cached checkpoint)."""
         if self.model == EMBEDDED:

@@ -4,7 +4,6 @@ embedded model."""
 
 from __future__ import annotations
 
-import dataclasses
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,7 +307,7 @@ def use_upload(params: Params, uploaded) -> tuple[Params, str]:
     path = save_upload(uploaded, Path(params.output_dir) / "uploads")
     if path is None:
         return params, f"No file uploaded: using the sample {params.data}"
-    return dataclasses.replace(params, data=str(path), eval_data=None), f"Using your file: {path}"
+    return params.replace(data=str(path), eval_data=None), f"Using your file: {path}"
 
 
 def choose_sheets(params: Params) -> tuple[Params, str]:
@@ -342,7 +341,7 @@ def choose_sheets(params: Params) -> tuple[Params, str]:
     held_out = eval_sheet or f"{params.eval_size} rows set aside at random"
     lines.append(f"Rows to learn from: {sheet or Path(params.data).name}. "
                  f"Held-out rows: {held_out}.")
-    return dataclasses.replace(params, sheet=sheet, eval_sheet=eval_sheet), "\n".join(lines)
+    return params.replace(sheet=sheet, eval_sheet=eval_sheet), "\n".join(lines)
 
 
 # ---- the two-adapter notebook --------------------------------------------------------------
@@ -383,5 +382,5 @@ def namer_params(params: Params) -> Params:
     """
     from lorahelpers.params import DATA_DIR
 
-    return dataclasses.replace(params, data=str(DATA_DIR / "extract_train.jsonl"),
-                               eval_data=str(DATA_DIR / "extract_eval.jsonl"))
+    return params.replace(data=str(DATA_DIR / "extract_train.jsonl"),
+                          eval_data=str(DATA_DIR / "extract_eval.jsonl"))

@@ -35,11 +35,12 @@ from .chat import ChatFormat, get_chat_format, install_chat_template
 from .distributed import is_main, main_print, world_size
 from .errors import SettingsError, TrainingError
 from .history import History
-from .keep import last_checkpoint
+from .keep import fingerprint, last_checkpoint, record_run, recorded_run
 from .models import backend_of, save_adapter
 from .params import device_defaults
 from .plots import in_notebook, make_progress
 from .runtime import PRECISIONS, RuntimeReport, runtime_report
+from .stops import audit_stops
 
 
 def _help(default, text: str):
@@ -156,6 +157,7 @@ class TrainResult:
     dropped: int
     elapsed_s: float
     settings: TrainSettings = field(repr=False)
+    stop_audit: object | None = field(default=None, repr=False)  # stops.StopAudit
 
     @property
     def final_loss(self) -> float | None:
@@ -402,6 +404,10 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
         raise TrainingError("no training conversation has an assistant response within "
                             f"max_seq_length={s.max_seq_length} tokens ({dropped} dropped). "
                             "Fix: raise max_seq_length, or shorten the conversations")
+    # Every trained answer must end with the token the tokenizer, the model and Ollama stop on.
+    stop_audit = audit_stops(tokenizer, fmt, examples=train_examples, model=model,
+                             stage="before training").raise_if_failed()
+    main_print(stop_audit.summary())
     eval_examples, _ = tokenize_conversations(tokenizer, eval_conversations or [], fmt,
                                               s.max_seq_length)
     eval_examples.sort(key=lambda e: len(e["input_ids"]))  # less padding per eval batch
@@ -411,12 +417,14 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
         raise SettingsError(f"keep_dir={str(s.keep_dir)!r} mirrors one process's run; under "
                             f"{world_size()} processes the main process alone writes "
                             "checkpoints. Fix: set keep_dir = 'off' for a multi-process run.")
+    run = fingerprint(s, model, train_examples)
     if s.keep_dir:
-        from .keep import Keeper, fingerprint
+        from .keep import Keeper
 
-        keeper = Keeper.start(s.keep_dir, out, fingerprint(s, model, train_examples))
+        keeper = Keeper.start(s.keep_dir, out, run)
         callbacks = [*callbacks, keeper]
-    resume_from, history = _starting_point(out, s.resume or bool(keeper and keeper.resumable))
+    resume_from, history = _starting_point(out, s.resume or bool(keeper and keeper.resumable),
+                                           run)
     total_steps = _planned_steps(s, len(train_examples))
     if backend_of(model) == "unsloth":
         from unsloth import FastLanguageModel
@@ -462,7 +470,8 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     if keeper is not None:
         keeper.finish(adapter_dir)
     result = TrainResult(out, adapter_dir, history, steps, trainer.state.max_steps, interrupted,
-                         resume_from, len(train_examples), dropped, time.perf_counter() - t0, s)
+                         resume_from, len(train_examples), dropped, time.perf_counter() - t0, s,
+                         stop_audit)
     last = last_checkpoint(out / "checkpoints", remove_incomplete=is_main())
     if interrupted:
         main_print(f"Training interrupted at step {steps}; the adapter so far is in {adapter_dir}."
@@ -473,10 +482,20 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     return result
 
 
-def _starting_point(out: Path, resume: bool) -> tuple[Path | None, History]:
-    """The checkpoint to resume from (or None) and the history up to it."""
+def _starting_point(out: Path, resume: bool, run: str) -> tuple[Path | None, History]:
+    """The checkpoint to resume from (or None) and the history up to it. `run` is this run's
+    fingerprint: checkpoints recorded for another run are refused, not resumed."""
     last = (last_checkpoint(out / "checkpoints", remove_incomplete=is_main()) if resume
             else None)
+    recorded = recorded_run(out)
+    if last is not None and recorded not in (None, run):
+        raise TrainingError(f"{out / 'checkpoints'} holds checkpoints of a run with other "
+                            "settings, data or model; resuming would mix the two. Fix: "
+                            "resume=False to start over, or resume with that run's settings, "
+                            "data and model")
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        record_run(out, run)
     if last is None:
         if resume:
             main_print(f"No checkpoint in {out / 'checkpoints'}; starting from step 0.")

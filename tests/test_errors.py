@@ -26,7 +26,9 @@ PACKAGE = Path(lorahelpers.__file__).parent
 ROOT = PACKAGE.parent
 # TypeError is left out: a value of the wrong Python type is a programming mistake, shown with
 # its traceback.
-BUILTIN = {"ValueError", "RuntimeError", "FileNotFoundError", "OSError", "KeyError", "Exception"}
+BUILTIN = {"ValueError", "RuntimeError", "FileNotFoundError", "FileExistsError", "OSError",
+           "PermissionError", "IsADirectoryError", "NotADirectoryError", "KeyError",
+           "IndexError", "LookupError", "Exception"}
 
 
 def _modules():

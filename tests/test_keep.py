@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lorahelpers.errors import SettingsError
-from lorahelpers.keep import Keeper, keep, keep_folder, last_checkpoint
+from lorahelpers.keep import Keeper, KeepFolderError, keep, keep_folder, last_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,7 +137,7 @@ def test_start_clears_checkpoints_of_another_run(tmp_path, capsys):
 
 def test_start_refuses_a_folder_with_checkpoints_it_did_not_write(tmp_path):
     mine = _checkpoint(tmp_path / "drive" / "checkpoints", 7)
-    with pytest.raises(FileExistsError, match="did not write.*Fix: set keep_dir to an empty"):
+    with pytest.raises(KeepFolderError, match="did not write.*Fix: set keep_dir to an empty"):
         Keeper.start(tmp_path / "drive", tmp_path / "run", "abc")
     assert (mine / "optimizer.pt").is_file()
 

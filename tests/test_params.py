@@ -182,3 +182,16 @@ def test_an_empty_environment_variable_leaves_the_device_default():
 def test_empty_quants_are_the_device_default():
     assert Params(quants="").quants is None
     assert Params(quants="").resolved(DEVICES["cpu"]).quants == ("q8_0",)
+
+
+def test_a_changed_params_keeps_where_the_other_values_came_from(tmp_path):
+    from lorahelpers.pipeline import choose_sheets, namer_params, use_upload
+
+    params = default_params("table", runtime(False), env={}, output_dir=str(tmp_path))
+    assert params.source("batch_size") == "CPU default"
+    upload = {"orders.csv": {"content": b"zone,express\nA,yes\n"}}
+    for changed in (params.replace(seed=1), use_upload(params, upload)[0],
+                    choose_sheets(params)[0], namer_params(params)):
+        assert changed.source("batch_size") == "CPU default"
+        assert changed.source("template") == "table default"
+    assert use_upload(params, upload)[0].source("data") == "set"

@@ -352,6 +352,17 @@ def test_interrupt_keeps_the_adapter_and_resume_continues_with_optimizer_state(
     for name, weight in lora_weights(straight_model).items():
         torch.testing.assert_close(lora_weights(model)[name], weight, rtol=1e-4, atol=1e-6)
 
+    # The same checkpoints are refused to a run with another learning rate or other data.
+    from lorahelpers.errors import TrainingError
+
+    for other in (dict(learning_rate=5e-4), dict(rows=TINY[:3])):
+        model, tokenizer = fresh_model(embedded_path)
+        with pytest.raises(TrainingError, match="other settings, data or model.*Fix: "
+                                                "resume=False"):
+            train(model, tokenizer, other.pop("rows", TINY), None, CHATML,
+                  quick(out, resume=True, **other))
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()  # refused, not cleared
+
 
 @pytest.mark.slow
 def test_a_fresh_run_clears_checkpoints_of_an_earlier_run(embedded_path, tmp_path):
