@@ -303,6 +303,12 @@ _TEMPLATE_SIGNS = (
     ("mistral", ("[INST]",)),
     ("alpaca", ("### Instruction",)),
 )
+# What a family's own template adds and its format deliberately leaves out (README, "Model
+# families"), recognised by a marker: (marker, what "auto" says about it).
+_LEFT_OUT = {
+    "llama3": (("Cutting Knowledge Date", "its system turn's 'Cutting Knowledge Date' and "
+                "'Today Date' lines (Meta's Llama 3.1/3.2 template) are left out"),),
+}
 # (format, special tokens that must all be in the vocabulary), for tokenizers without a template.
 _VOCAB_SIGNS = (
     ("llama3", ("<|start_header_id|>", "<|eot_id|>")),
@@ -329,7 +335,9 @@ def detect_chat_format(tokenizer) -> tuple[str, str]:
     if isinstance(template, str) and template:
         for name, signs in _TEMPLATE_SIGNS:
             if all(s in template for s in signs):
-                return name, "its chat template uses " + ", ".join(map(repr, signs))
+                left_out = [why for mark, why in _LEFT_OUT.get(name, ()) if mark in template]
+                return name, "; ".join(["its chat template uses " + ", ".join(map(repr, signs)),
+                                        *left_out])
     vocab = tokenizer.get_vocab()
     for name, signs in _VOCAB_SIGNS:
         if all(s in vocab for s in signs):

@@ -329,15 +329,26 @@ def _write_tokenizer(adapter_dir: Path, base: Path, out: Path, chat_format) -> N
     tokenizer = AutoTokenizer.from_pretrained(source)
     if chat_format is not None:
         from lorahelpers.chat import install_chat_template
+        from lorahelpers.stops import add_turn_end_to_generation_config
 
         install_chat_template(tokenizer, chat_format)
+        # The model was trained to end answers with the turn end: generate() must stop there.
+        add_turn_end_to_generation_config(out, tokenizer, chat_format)
     tokenizer.save_pretrained(out)
     # llama.cpp's converter reads a SentencePiece vocabulary (Gemma, Llama 2, Mistral) from
-    # tokenizer.model, and its user-defined pieces from added_tokens.json: keep them.
+    # tokenizer.model, and its user-defined pieces from added_tokens.json: keep them. Llama 3's
+    # tokenizer.model is its tiktoken vocabulary (base64 piece, space, rank per line), which the
+    # converter fails to parse as SentencePiece ("could not parse ModelProto") when present;
+    # without it, it reads Llama 3's vocabulary from tokenizer.json.
     for name in ("tokenizer.model", "added_tokens.json"):
         found = [d / name for d in (adapter_dir, base) if (d / name).is_file()]
-        if found and not (out / name).is_file():
+        if found and not (out / name).is_file() and not _is_tiktoken(found[0]):
             shutil.copyfile(found[0], out / name)
+
+
+def _is_tiktoken(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return re.match(rb"[A-Za-z0-9+/]+=* [0-9]+\r?\n", f.read(200)) is not None
 
 
 def _check_disk(out_dir: Path, need: float) -> None:

