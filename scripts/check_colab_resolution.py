@@ -4,6 +4,9 @@ conflict: Unsloth (requirements-colab.txt) and requirements.txt in one resolutio
 
     python3 scripts/check_colab_resolution.py            the torch versions in COLAB_TORCH
     python3 scripts/check_colab_resolution.py 2.9.0      one torch version
+    python3 scripts/check_colab_resolution.py --pins F   also write F: the versions resolved with
+                                                         the last torch, as pip constraints
+                                                         (scripts/colab_set_tests.sh installs them)
 
 Colab's torch is already installed there, so pip only has to keep it. Here it is stood in for by
 an empty local wheel of the same version ("2.9.0+colab", which satisfies torch==2.9.0): pip then
@@ -14,7 +17,9 @@ has only its source, and colab_setup.sh installs it in a step of its own.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -101,14 +106,42 @@ def check(report: dict, torch: str) -> dict[str, str]:
     return versions
 
 
+def pins(versions: dict[str, str], torch: str) -> str:
+    """The resolution as pip constraints, one name==version a line; torch and torchvision are
+    left out (they stand for Colab's own builds).
+
+    >>> print(pins({"torch": "2.12.0+colab", "trl": "1.15.0"}, "2.12.0"), end="")
+    # The Colab GPU install set as pip resolved it for Python 3.12 with torch 2.12.0
+    # (scripts/check_colab_resolution.py; torch and torchvision left out).
+    trl==1.15.0
+    """
+    lines = [f"{name}=={version}" for name, version in sorted(versions.items())
+             if name not in ("torch", "torchvision")]
+    return (f"# The Colab GPU install set as pip resolved it for Python 3.12 with torch {torch}\n"
+            "# (scripts/check_colab_resolution.py; torch and torchvision left out).\n"
+            + "".join(line + "\n" for line in lines))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("torch", nargs="?", help="one torch version (default: all of COLAB_TORCH)")
+    parser.add_argument("torchvision", nargs="?", help="its torchvision (known ones are filled in)")
+    parser.add_argument("--pins", type=Path, help="write the versions resolved with the last "
+                        "torch to this file, as pip constraints")
+    args = parser.parse_args(argv)
     wanted = COLAB_TORCH
-    if argv:
-        torchvision = argv[1] if len(argv) > 1 else COLAB_TORCH.get(argv[0])
+    if args.torch:
+        torchvision = args.torchvision or COLAB_TORCH.get(args.torch)
         if torchvision is None:
             raise SystemExit("give the torchvision version too: check_colab_resolution.py "
                              "TORCH TORCHVISION")
-        wanted = {argv[0]: torchvision}
+        wanted = {args.torch: torchvision}
     with tempfile.TemporaryDirectory() as tmp:
         for torch, torchvision in wanted.items():
             versions = check(resolve(torch, torchvision, Path(tmp)), torch)
@@ -116,6 +149,9 @@ def main(argv: list[str]) -> int:
                 "unsloth", "transformers", "trl", "peft", "datasets", "accelerate",
                 "bitsandbytes", "xformers") if n in versions)
             print(f"torch {torch}: resolves ({len(versions)} packages): {shown}", flush=True)
+    if args.pins:
+        write_atomically(args.pins, pins(versions, torch))
+        print(f"wrote the versions resolved with torch {torch} to {args.pins}")
     return 0
 
 

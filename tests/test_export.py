@@ -273,7 +273,9 @@ def test_disk_space_is_checked_before_writing(tmp_path, embedded_path, monkeypat
 def test_unrecognised_pre_tokenizer_from_the_real_converter(tmp_path, embedded_path):
     model = _model_copy(embedded_path, tmp_path / "m")
     tokenizer = json.loads((model / "tokenizer.json").read_text())
-    tokenizer["pre_tokenizer"]["add_prefix_space"] = True  # encodes the test text differently
+    pre = tokenizer["pre_tokenizer"]
+    byte_level = next(p for p in pre.get("pretokenizers", [pre]) if p["type"] == "ByteLevel")
+    byte_level["add_prefix_space"] = True  # encodes the test text differently
     (model / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(TokenizerNotRecognizedError) as e:
         export_gguf(model, tmp_path / "out", "m", ("f16",), **QUIET)

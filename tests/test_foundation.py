@@ -134,24 +134,3 @@ def test_doctor_reports_the_runtime():
     assert "[ok] torch" in out.stdout
     assert "embedded base model" in out.stdout
 
-
-def test_a_broken_embedded_tokenizer_is_caught(embedded_path, tmp_path):
-    """transformers 5.17 wrote the embedded model's tokenizer with end of text <|im_start|> and
-    a byte-fallback decoder; llama.cpp's converter then wrote a GGUF without merges that aborts
-    llama.cpp. Such a checkpoint is detected (and rebuilt when it is the cache)."""
-    import json
-    import shutil
-
-    from lorahelpers.models import embedded_tokenizer_problem
-
-    assert embedded_tokenizer_problem(embedded_path) is None
-    bad = tmp_path / "bad"
-    shutil.copytree(embedded_path, bad, ignore=shutil.ignore_patterns("*.safetensors"))
-    config = json.loads((bad / "tokenizer_config.json").read_text())
-    (bad / "tokenizer_config.json").write_text(json.dumps(config | {"eos_token": "<|im_start|>"}))
-    assert "'<|im_start|>' instead of '<|im_end|>'" in embedded_tokenizer_problem(bad)
-    (bad / "tokenizer_config.json").write_text(json.dumps(config))
-    tok = json.loads((bad / "tokenizer.json").read_text())
-    tok["model"]["byte_fallback"] = True
-    (bad / "tokenizer.json").write_text(json.dumps(tok))
-    assert "byte-fallback" in embedded_tokenizer_problem(bad)
