@@ -44,6 +44,7 @@ lint: setup-dev
 bench: setup-dev
 	$(PY) bench/train_speed.py
 	$(PY) bench/export.py
+	$(PY) bench/data_speed.py
 
 clean:
 	rm -rf $(VENV) .venv-colab .pytest_cache

@@ -65,6 +65,13 @@ class Params:
         "help": "tables: the prompt, with {column} for a cell and [[...]] left out when empty"})
     output_column: str | None = field(default=None, metadata={
         "help": "tables: the column holding the answer the model should give"})
+    header_row: int | None = field(default=None, metadata={
+        "help": "tables: the line (CSV) or sheet row (Excel) naming the columns, from 1; none: "
+                "found past title lines and notes"})
+    empty_markers: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "words read as empty cells, e.g. N/A,-; none: only empty cells are empty"})
+    raw_values: bool = field(default=False, metadata={
+        "help": "Excel cells as stored (0.25) instead of as the sheet shows them (25%)"})
     scorer: str | None = field(default=None, metadata={"help": "'exact', 'contains' or 'f1'"})
     system: str | None = field(default=None, metadata={
         "help": "optional system prompt for every example"})

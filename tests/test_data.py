@@ -135,7 +135,7 @@ def test_table_rows_from_csv(tmp_path):
     assert "';'" in " ".join(report.warnings)
 
 
-def test_csv_as_written_utf8_bom_quotes_and_na_markers(tmp_path):
+def test_csv_as_written_utf8_bom_quotes_and_marker_words(tmp_path):
     path = tmp_path / "t.csv"
     text = 'name,qty,note\n"Smith, J.",007,"two\nlines"\nLee,1,N/A\n'
     path.write_bytes("\ufeff".encode() + text.encode("utf-8"))
@@ -143,8 +143,8 @@ def test_csv_as_written_utf8_bom_quotes_and_na_markers(tmp_path):
     assert list(df.columns) == ["name", "qty", "note"]
     assert df["name"].tolist() == ["Smith, J.", "Lee"]
     assert df["qty"].tolist() == ["007", "1"]  # CSV cells are kept as written
-    assert render_value(df["note"][1]) == ""
-    assert report.where(1) == "row 2 (line 4)"
+    assert render_value(df["note"][1]) == "N/A"  # a word, not a missing value
+    assert report.where(0) == "row 1 (line 2)" and report.where(1) == "row 2 (line 4)"
 
 
 def test_tsv_and_json_and_jsonl_with_blank_lines(tmp_path):
@@ -170,9 +170,10 @@ def test_xlsx_sheets_by_name_and_index_with_typed_cells():
     named, _ = load_table(path, sheet="held_out")
     assert report.source.endswith("[orders]") and len(orders) == 130
     assert held.equals(named) and len(held) == 30
-    assert isinstance(orders["order_date"][0], dt.datetime)
-    assert render_value(orders["order_date"][0]) == "2025-06-04"
-    assert orders["express"].map(render_value).isin(["yes", "no"]).all()
+    assert orders["order_date"][0] == "2025-06-04"  # as its yyyy-mm-dd format shows it
+    raw, _ = load_table(path, raw_values=True)
+    assert isinstance(raw["order_date"][0], dt.datetime) and raw["express"][0] is False
+    assert orders["express"].isin(["TRUE", "FALSE"]).all()  # boolean cells as Excel shows them
     assert report.where(0) == "row 1 (sheet row 2)"
 
 

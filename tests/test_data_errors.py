@@ -49,8 +49,10 @@ def test_blank_lines_only_and_header_only(tmp_path):
 def test_missing_header_csv(tmp_path):
     path = write(tmp_path / "nohead.csv", "1,2024-01-05,yes\n2,2024-01-06,no\n")
     message = error(path)
-    assert "nohead.csv, line 1" in message and "should name the columns" in message
-    assert "'1'" in message and "add a header row" in message
+    assert message.startswith(f"{path}: no row looks like a header row")
+    assert "should name the columns but holds values: '1', '2024-01-05', 'yes'" in message
+    assert "line 1: 1 | 2024-01-05 | yes; line 2: 2 | 2024-01-06 | no" in message
+    assert "add a header row" in message and "header_row=" in message
 
 
 def test_missing_header_xlsx(tmp_path):

@@ -58,7 +58,7 @@ def test_table_output_follows_the_documented_rule():
         df, _ = load_table(DATA / name)
         for row in df.to_dict("records"):
             if render_value(row["shipping_eur"]):
-                expected = fee[row["zone"]] + (5 if row["express"] == "yes" else 0)
+                expected = fee[row["zone"]] + (5 if row["express"] == "TRUE" else 0)
                 assert render_value(row["shipping_eur"]) == str(expected)
 
 

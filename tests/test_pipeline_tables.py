@@ -28,7 +28,7 @@ def test_table_params_give_training_and_held_out_sheets():
     assert data.report.source.endswith("[orders]")
     assert data.eval_report.source.endswith("[held_out]")
     first = data.train[0]
-    assert first[0]["content"] == ("Zone B, express: no. Order of scarf (clothing), 0.21 kg, "
+    assert first[0]["content"] == ("Zone B, express: FALSE. Order of scarf (clothing), 0.21 kg, "
                                    "ordered 2025-06-04. Shipping in EUR?")
     assert first[1] == {"role": "assistant", "content": "6"}
     train_prompts = {c[0]["content"] for c in data.train}
@@ -57,7 +57,7 @@ def test_keyword_arguments_override_the_params():
     data = prepare_data(table_params(), template="Zone {zone}, express {express}?",
                         output_column="shipping_eur", sheet="held_out", eval_sheet="orders")
     assert len(data.train) == 30
-    assert re.fullmatch(r"Zone [ABCD], express (yes|no)\?", data.train[0][0]["content"])
+    assert re.fullmatch(r"Zone [ABCD], express (TRUE|FALSE)\?", data.train[0][0]["content"])
     assert len(data.eval) == 40  # eval_size (40) caps the 127 orders
 
 
