@@ -24,10 +24,9 @@ from pathlib import Path
 
 from lorahelpers.atomic import atomic_dir
 from lorahelpers.errors import HubError
-from lorahelpers.modelfile import check_parameters
+from lorahelpers.modelfile import model_parameters
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-DEFAULT_NUM_CTX = 2048
 
 
 def gguf_name(repo_id: str, quant: str) -> str:
@@ -41,7 +40,7 @@ def gguf_name(repo_id: str, quant: str) -> str:
 
 
 def hub_files(repo_id: str, ggufs: dict, chat_format, *, system: str | None = None,
-              num_ctx: int | None = DEFAULT_NUM_CTX, parameters: dict | None = None,
+              max_seq_length: int | None = None, parameters: dict | None = None,
               reports: dict | None = None, base_model: str | None = None) -> dict:
     """The repository's files: {name in the repo: text, or the Path of a GGUF to upload}.
 
@@ -53,8 +52,8 @@ def hub_files(repo_id: str, ggufs: dict, chat_format, *, system: str | None = No
     if not ggufs:
         raise HubError(f"{repo_id}: no GGUF to upload. Fix: pass the export_and_verify result "
                        "(or a {quant: path} dict) of a finished export")
-    params = check_parameters({**({"num_ctx": num_ctx} if num_ctx else {}), **(parameters or {})},
-                              tuple(chat_format.stop))
+    # num_ctx as the Modelfile sets it (modelfile.num_ctx_for the training length)
+    params = model_parameters(parameters, tuple(chat_format.stop), max_seq_length)
     files: dict = {gguf_name(repo_id, q): Path(p) for q, p in ggufs.items()}
     files["template"] = trim_proof(chat_format.go_template)
     files["params"] = json.dumps(params, indent=2, ensure_ascii=False) + "\n"
@@ -177,7 +176,7 @@ def hub_token() -> str | None:
 
 
 def push_to_hub(repo_id: str, export, chat_format, *, system: str | None = None,
-                num_ctx: int | None = DEFAULT_NUM_CTX, parameters: dict | None = None,
+                max_seq_length: int | None = None, parameters: dict | None = None,
                 base_model: str | None = None, private: bool = False, folder=None,
                 token: str | None = None, api=None, allow_unverified: bool = False,
                 progress=print) -> str:
@@ -197,7 +196,7 @@ def push_to_hub(repo_id: str, export, chat_format, *, system: str | None = None,
                        "against the PyTorch model, so it would not answer like the model you "
                        "trained. Fix: see the export's report; push only what passed, or pass "
                        "allow_unverified=True to upload it anyway")
-    files = hub_files(repo_id, ggufs, chat_format, system=system, num_ctx=num_ctx,
+    files = hub_files(repo_id, ggufs, chat_format, system=system, max_seq_length=max_seq_length,
                       parameters=parameters, reports=reports, base_model=base_model)
     first = Path(next(iter(ggufs.values())))
     staged = write_hub_folder(files, folder or first.parent.parent / "hub")

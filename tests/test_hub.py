@@ -113,11 +113,11 @@ def test_trim_proof_templates_render_the_same(template):
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_params_are_the_modelfile_parameters_as_ollama_decodes_them(tmp_path, fmt):
-    files = hub_files("me/shop-bot", _ggufs(tmp_path), fmt, num_ctx=4096,
+    files = hub_files("me/shop-bot", _ggufs(tmp_path), fmt, max_seq_length=3000,
                       parameters={"temperature": 0.2, "stop": "\n\nUser"})
     params = json.loads(files["params"])  # Ollama: json.Decode into a map, then its Options
-    modelfile = check(render_modelfile(tmp_path / "m.gguf", fmt, parameters={
-        "num_ctx": 4096, "temperature": 0.2, "stop": "\n\nUser"}))
+    modelfile = check(render_modelfile(tmp_path / "m.gguf", fmt, max_seq_length=3000,
+                                       parameters={"temperature": 0.2, "stop": "\n\nUser"}))
     as_go = {k: float32(v) if isinstance(v, float) else v for k, v in params.items()}
     assert as_go == modelfile.parameters  # Ollama's Options hold floats as float32
     assert params["stop"] == [*fmt.stop, "\n\nUser"] and params["num_ctx"] == 4096
@@ -131,7 +131,10 @@ def test_the_folder_holds_the_ggufs_by_quant_tag_and_no_empty_system(tmp_path):
     assert sorted(files) == ["README.md", "params", "shop-bot-Q4_K_M.gguf",
                              "shop-bot-Q8_0.gguf", "template"]
     assert files["shop-bot-Q8_0.gguf"] == ggufs["q8_0"]
-    assert json.loads(files["params"])["num_ctx"] == 2048
+    # the Modelfile's rule: 4096 when the training length is unknown, else from it
+    assert json.loads(files["params"])["num_ctx"] == 4096
+    with_length = hub_files("me/shop-bot", ggufs, FORMATS[0], max_seq_length=256)
+    assert json.loads(with_length["params"])["num_ctx"] == 2048
     assert "base_model" not in files["README.md"]  # a local path is no Hub id
     assert gguf_name("jane/x", "f16") == "x-F16.gguf"
 
