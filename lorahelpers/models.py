@@ -395,11 +395,13 @@ def _hub_error(name: str, err: Exception) -> ModelError:
         "lorahelpers.models.embedded_base()")
 
 
-def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool | None = None,
+def load_model(name_or_path=None, max_seq_length: int | None = None,
+               load_in_4bit: bool | None = None,
                dtype=None, backend: str = "auto", chat_format=None):
     """Load a base model and its tokenizer: Unsloth's FastLanguageModel where CUDA and Unsloth
     are present, transformers otherwise. `name_or_path` None means the embedded SmolLM2-135M.
-    load_in_4bit None means 4-bit on CUDA (bitsandbytes), full weights on CPU. `chat_format`
+    load_in_4bit None means 4-bit on CUDA (bitsandbytes), full weights on CPU; max_seq_length
+    None the machine's default (lorahelpers.runtime.machine_defaults). `chat_format`
     (a ChatFormat or its name) is installed as the tokenizer's chat template.
 
     >>> model, tokenizer = load_model(embedded_base(), chat_format="chatml")  # doctest: +SKIP
@@ -413,6 +415,10 @@ def load_model(name_or_path=None, max_seq_length: int = 2048, load_in_4bit: bool
         refuse_unexportable(json.loads((Path(source) / "config.json").read_text()), source)
     backend = _resolve_backend(backend)
     cuda = torch.cuda.is_available()
+    if max_seq_length is None:
+        from .runtime import machine_defaults, runtime_report
+
+        max_seq_length = machine_defaults(runtime_report())["max_seq_length"]
     if load_in_4bit and not cuda:
         raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes). Fix: on CPU leave "
                          "it unset or False.")

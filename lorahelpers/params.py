@@ -12,12 +12,17 @@ from pathlib import Path
 
 from lorahelpers.errors import SettingsError
 from lorahelpers.quants import QUANTS
-from lorahelpers.runtime import PRECISIONS, RuntimeReport, runtime_report
+from lorahelpers.runtime import (  # noqa: F401 - EMBEDDED and GPU_MODEL are read from here too
+    EMBEDDED,
+    GPU_MODEL,
+    PRECISIONS,
+    RuntimeReport,
+    machine_defaults,
+    runtime_report,
+)
 
 ENV_PREFIX = "LORAHELPERS_"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-EMBEDDED = "embedded"  # stands for lorahelpers.models.embedded_base()
-GPU_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
 # The column-merge template of the sample orders (data/README.md)
 # The columns that decide the answer come first: after the same 40 CPU steps SmolLM2-135M
 # scored 10 % of held-out orders with them last (behind item, weight, gift note and date) and
@@ -196,26 +201,17 @@ class Params:
 
 
 def device_defaults(runtime: RuntimeReport, kind: str | None = None) -> dict:
-    """The defaults that depend on the machine, decided here and nowhere else: default_params,
-    Params.resolved and lorahelpers.training.TrainSettings.resolved all read them. With a
-    notebook `kind` ('alpaca' or 'table') they include its sample data.
-
-    On a CUDA GPU: an Unsloth 4-bit Llama-3.2 Instruct model with Unsloth's notebook settings
-    (2 conversations per micro-batch x 4 accumulated = 8 per step, 60 steps, 2e-4) and a Hub
-    dataset for Alpaca. On CPU (measured on the embedded 135M model): the embedded
-    SmolLM2-135M, 8 per step without accumulation, 40 steps at 5e-4, and the data/ samples.
+    """The notebooks' defaults on this machine: lorahelpers.runtime.machine_defaults (the one
+    place that decides what depends on the machine), and with a notebook `kind` ('alpaca' or
+    'table') its sample data: a Hub dataset for Alpaca on a GPU, the data/ samples on CPU.
+    default_params and Params.resolved read them.
 
     >>> cpu = RuntimeReport(False, None, None, False, False, False, 2, None, "3.12")
     >>> d = device_defaults(cpu); (d["batch_size"], d["grad_accum"], d["max_steps"])
     (8, 1, 40)
     """
     gpu = runtime.cuda
-    values = {"model": GPU_MODEL if gpu else EMBEDDED, "chat_format": "llama3" if gpu else "chatml",
-              "load_in_4bit": gpu, "scorer": "exact",
-              "quants": ("q4_k_m", "q8_0") if gpu else ("q8_0",),
-              "batch_size": 2 if gpu else 8, "grad_accum": 4 if gpu else 1,
-              "learning_rate": 2e-4 if gpu else 5e-4, "max_steps": 60 if gpu else 40,
-              "max_seq_length": 2048 if gpu else 256}
+    values = machine_defaults(runtime)
     if kind == "alpaca":
         values |= {"data": str(DATA_DIR / "alpaca_train.jsonl"),
                    "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),

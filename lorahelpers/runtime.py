@@ -167,6 +167,33 @@ def runtime_report() -> RuntimeReport:
     )
 
 
+EMBEDDED = "embedded"  # stands for lorahelpers.models.embedded_base()
+GPU_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
+
+
+def machine_defaults(runtime: RuntimeReport) -> dict:
+    """The defaults that depend on the machine alone, decided here and nowhere else (the
+    notebooks' lorahelpers.params.device_defaults adds each notebook's data to them; training
+    and model loading read them directly).
+
+    On a CUDA GPU: an Unsloth 4-bit Llama-3.2 Instruct model with Unsloth's notebook settings
+    (2 conversations per micro-batch x 4 accumulated = 8 per step, 60 steps, 2e-4). On CPU
+    (measured on the embedded 135M model): the embedded SmolLM2-135M, 8 per step without
+    accumulation, 40 steps at 5e-4, 256 tokens per example.
+
+    >>> cpu = RuntimeReport(False, None, None, False, False, False, 2, None, "3.12")
+    >>> d = machine_defaults(cpu); (d["batch_size"], d["grad_accum"], d["max_seq_length"])
+    (8, 1, 256)
+    """
+    gpu = runtime.cuda
+    return {"model": GPU_MODEL if gpu else EMBEDDED, "chat_format": "llama3" if gpu else "chatml",
+            "load_in_4bit": gpu, "scorer": "exact",
+            "quants": ("q4_k_m", "q8_0") if gpu else ("q8_0",),
+            "batch_size": 2 if gpu else 8, "grad_accum": 4 if gpu else 1,
+            "learning_rate": 2e-4 if gpu else 5e-4, "max_steps": 60 if gpu else 40,
+            "max_seq_length": 2048 if gpu else 256}
+
+
 def cache_dir() -> Path:
     """Where lorahelpers keeps what it builds once per user: $LORAHELPERS_CACHE, else
     $XDG_CACHE_HOME/lorahelpers, else ~/.cache/lorahelpers."""

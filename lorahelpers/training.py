@@ -37,9 +37,8 @@ from .errors import SettingsError, TrainingError
 from .history import History
 from .keep import fingerprint, last_checkpoint, record_run, recorded_run
 from .models import backend_of, save_adapter
-from .params import device_defaults
 from .plots import in_notebook, make_progress
-from .runtime import PRECISIONS, RuntimeReport, runtime_report
+from .runtime import PRECISIONS, RuntimeReport, machine_defaults, runtime_report
 from .stops import audit_stops
 
 
@@ -64,7 +63,7 @@ class TrainSettings:
     grad_accum: int | None = _help(None, "Micro-batches per optimizer step; None: 4 on GPU, "
                                    "1 on CPU.")
     max_seq_length: int | None = _help(None, "Tokens kept per conversation; None: the value "
-                                       "given to load_model (2048).")
+                                       "given to load_model, else 2048 on GPU, 256 on CPU.")
     warmup_steps: int = _help(5, "Steps of linear learning-rate warm-up.")
     lr_scheduler: str = _help("linear", "Learning-rate schedule after warm-up (transformers name).")
     weight_decay: float = _help(0.01, "AdamW weight decay on the LoRA matrices.")
@@ -115,13 +114,14 @@ class TrainSettings:
 
     def resolved(self, report: RuntimeReport | None = None, model=None) -> TrainSettings:
         """A copy with every None replaced by the default for this machine (the step sizes from
-        lorahelpers.params.device_defaults, as in the notebooks' parameters)."""
+        lorahelpers.runtime.machine_defaults, as in the notebooks' parameters)."""
         report = report or runtime_report()
         gpu = report.cuda
-        device = device_defaults(report)
+        device = machine_defaults(report)
         defaults = {k: device[k] for k in ("learning_rate", "batch_size", "grad_accum",
                                            "max_steps")} | {
-            "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None) or 2048,
+            "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None)
+            or device["max_seq_length"],
             "gradient_checkpointing": gpu and backend_of(model) != "unsloth",
             "optim": ("adamw_8bit" if _bitsandbytes() else "adamw_torch_fused") if gpu
             else "adamw_torch",

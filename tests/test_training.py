@@ -164,10 +164,12 @@ def test_defaults_follow_the_device():
     cpu = TrainSettings().resolved(report(cuda=False, bf16=True))
     assert (cpu.gradient_checkpointing, cpu.precision, cpu.optim) == (False, "bf16", "adamw_torch")
     assert cpu.batch_size == 8 and cpu.grad_accum == 1 and cpu.learning_rate == 5e-4
+    assert cpu.max_seq_length == 256  # the machine's default when no model says otherwise
     gpu = TrainSettings().resolved(report(cuda=True, bf16=False))
     assert gpu.gradient_checkpointing is True and gpu.precision == "fp16"
     assert gpu.optim in ("adamw_8bit", "adamw_torch_fused")
     assert gpu.batch_size == 2 and gpu.grad_accum == 4 and gpu.learning_rate == 2e-4
+    assert gpu.max_seq_length == 2048
     mine = TrainSettings(batch_size=3, precision="fp32").resolved(report(cuda=False, bf16=True))
     assert mine.batch_size == 3 and mine.precision == "fp32"
 
