@@ -416,9 +416,9 @@ def load_model(name_or_path=None, max_seq_length: int | None = None,
     backend = _resolve_backend(backend)
     cuda = torch.cuda.is_available()
     if max_seq_length is None:
-        from .runtime import machine_defaults, runtime_report
+        from .runtime import machine_defaults
 
-        max_seq_length = machine_defaults(runtime_report())["max_seq_length"]
+        max_seq_length = machine_defaults(cuda)["max_seq_length"]
     if load_in_4bit and not cuda:
         raise ModelError("load_in_4bit=True needs a CUDA GPU (bitsandbytes). Fix: on CPU leave "
                          "it unset or False.")

@@ -211,7 +211,7 @@ def device_defaults(runtime: RuntimeReport, kind: str | None = None) -> dict:
     (8, 1, 40)
     """
     gpu = runtime.cuda
-    values = machine_defaults(runtime)
+    values = machine_defaults(runtime.cuda)
     if kind == "alpaca":
         values |= {"data": str(DATA_DIR / "alpaca_train.jsonl"),
                    "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),

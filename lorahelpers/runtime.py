@@ -171,7 +171,7 @@ EMBEDDED = "embedded"  # stands for lorahelpers.models.embedded_base()
 GPU_MODEL = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
 
 
-def machine_defaults(runtime: RuntimeReport) -> dict:
+def machine_defaults(cuda: bool) -> dict:
     """The defaults that depend on the machine alone, decided here and nowhere else (the
     notebooks' lorahelpers.params.device_defaults adds each notebook's data to them; training
     and model loading read them directly).
@@ -181,11 +181,10 @@ def machine_defaults(runtime: RuntimeReport) -> dict:
     (measured on the embedded 135M model): the embedded SmolLM2-135M, 8 per step without
     accumulation, 40 steps at 5e-4, 256 tokens per example.
 
-    >>> cpu = RuntimeReport(False, None, None, False, False, False, 2, None, "3.12")
-    >>> d = machine_defaults(cpu); (d["batch_size"], d["grad_accum"], d["max_seq_length"])
+    >>> d = machine_defaults(cuda=False); (d["batch_size"], d["grad_accum"], d["max_seq_length"])
     (8, 1, 256)
     """
-    gpu = runtime.cuda
+    gpu = cuda
     return {"model": GPU_MODEL if gpu else EMBEDDED, "chat_format": "llama3" if gpu else "chatml",
             "load_in_4bit": gpu, "scorer": "exact",
             "quants": ("q4_k_m", "q8_0") if gpu else ("q8_0",),

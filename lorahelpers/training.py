@@ -117,7 +117,7 @@ class TrainSettings:
         lorahelpers.runtime.machine_defaults, as in the notebooks' parameters)."""
         report = report or runtime_report()
         gpu = report.cuda
-        device = machine_defaults(report)
+        device = machine_defaults(report.cuda)
         defaults = {k: device[k] for k in ("learning_rate", "batch_size", "grad_accum",
                                            "max_steps")} | {
             "max_seq_length": getattr(model, "lorahelpers_max_seq_length", None)
