@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorahelpers.atomic import write_atomic
+from lorahelpers.heldout import Comparison, OllamaScores, compare, ollama_rows, score_ollama
 from lorahelpers.params import Params
 from lorahelpers.pipeline import (
     ExportBundle,
@@ -26,8 +27,9 @@ from lorahelpers.pipeline import (
 
 @dataclass
 class DemoSummary:
-    """What run_demo did: scores before and after training and of each GGUF, the export
-    reports, the Modelfile, the Ollama status, the loss plot and the times."""
+    """What run_demo did: scores before and after training, of each GGUF and through Ollama
+    (the comparison table), the export reports, the Modelfile, the Ollama status, the loss
+    plot and the times."""
 
     params: Params
     before: object
@@ -39,12 +41,15 @@ class DemoSummary:
     loss_plot: Path
     train_seconds: float
     total_seconds: float
+    ollama_scores: OllamaScores | None = None
+    comparison: Comparison | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         rows = [("held-out score before training", f"{self.before.score:.1f}%"),
                 ("held-out score after training", f"{self.after.score:.1f}%")]
         rows += [(f"held-out score of the {q} GGUF (llama.cpp)", f"{s:.1f}%")
                  for q, s in self.gguf_scores.items()]
+        rows += ollama_rows(self.ollama_scores)
         rows += [(f"export {q}", r.status()) for q, r in self.export.reports.items()]
         rows += [("Modelfile", str(self.modelfile)), ("Ollama", self.ollama),
                  ("loss curve", str(self.loss_plot)),
@@ -65,7 +70,10 @@ class DemoSummary:
                 "ggufs": {q: str(p) for q, p in self.export.ggufs.items()},
                 "modelfile": str(self.modelfile), "ollama": self.ollama,
                 "loss_plot": str(self.loss_plot), "train_seconds": self.train_seconds,
-                "total_seconds": self.total_seconds, "max_steps": self.params.max_steps}
+                "total_seconds": self.total_seconds, "max_steps": self.params.max_steps,
+                "ollama_scores": None if self.ollama_scores is None
+                else self.ollama_scores.as_dict(),
+                "comparison": None if self.comparison is None else self.comparison.as_dict()}
 
 
 def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoSummary:
@@ -114,23 +122,30 @@ def run_demo(params: Params | None = None, progress=print, **overrides) -> DemoS
     step("Scoring the GGUF files with llama.cpp")
     del model  # its memory goes to llama.cpp and Ollama
     progress(f"  {free_torch_memory()}")
-    gguf_scores = {q: r.score for q, r in
-                   score_ggufs(bundle.ggufs, data.eval, fmt, tokenizer, params.scorer,
-                               progress=progress).items()}
+    gguf_reports = score_ggufs(bundle.ggufs, data.eval, fmt, tokenizer, params.scorer,
+                               progress=progress)
     first = bundle.ggufs[params.quants[0]]
     modelfile = write_modelfile(first, fmt, system=params.system,
                                 max_seq_length=params.max_seq_length)
     for path in (*bundle.ggufs.values(), modelfile):  # to Google Drive or keep_dir, if any
         keep(path, keep_folder(params.keep_dir, params.output_dir), root=out)
     step("Registering with Ollama")
-    _, ollama_status = register_or_skip(params.ollama_name, first, fmt, params.system,
-                                        progress=progress,
-                                        max_seq_length=params.max_seq_length)
+    info, ollama_status = register_or_skip(params.ollama_name, first, fmt, params.system,
+                                           progress=progress,
+                                           max_seq_length=params.max_seq_length)
     progress(f"  {ollama_status}")
-    summary = DemoSummary(params, before, after, gguf_scores, bundle, modelfile, ollama_status,
-                          loss_plot, result.elapsed_s, time.perf_counter() - t0)
+    ollama_scores = OllamaScores(ollama_status) if info is None else score_ollama(
+        params.ollama_name, data.eval, fmt, tokenizer, params.scorer, gguf=first,
+        gguf_report=gguf_reports[params.quants[0]], quant=params.quants[0], seed=params.seed,
+        progress=progress)
+    comparison = compare(before, after, gguf_reports, ollama_scores)
+    summary = DemoSummary(params, before, after, {q: r.score for q, r in gguf_reports.items()},
+                          bundle, modelfile, ollama_status, loss_plot, result.elapsed_s,
+                          time.perf_counter() - t0, ollama_scores, comparison)
     write_atomic(out / "summary.json", json.dumps(summary.as_dict(), indent=2))
-    progress("\n" + str(summary))
+    progress(f"\n{comparison}\n\n{summary}")
+    if ollama_scores.check is not None:
+        ollama_scores.check.raise_if_failed()  # after the table and summary.json
     return summary
 
 

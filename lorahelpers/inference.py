@@ -1,4 +1,6 @@
-"""Inference with the in-memory model: generate (optionally streamed) and evaluate held-out rows.
+"""Inference with the in-memory model: generate (optionally streamed) and evaluate held-out rows;
+the same scoring for a GGUF run by llama.cpp (evaluate_gguf) and a model served by Ollama
+(evaluate_ollama).
 
 Prompts are rendered by the same ChatFormat the model was trained with, and generation stops at
 the format's eos and stop strings, as Ollama does.
@@ -243,17 +245,19 @@ def _questions(tokenizer, eval_rows, chat_format, scorer):
     return fmt, pairs, [_prompt(tokenizer, messages, fmt) for messages, _ in pairs]
 
 
-def _report(pairs, answers, scorer) -> EvalReport:
-    """The EvalReport of `answers` to the (messages, expected) `pairs`, whatever ran the model."""
+def _report(pairs, answers, scorer, prompts) -> EvalReport:
+    """The EvalReport of `answers` to the (messages, expected) `pairs`, whatever ran the model;
+    each row keeps the whole prompt the model was given ("chat_prompt")."""
     score_fn = _scorer(scorer)
     rows = []
-    for (messages, expected), answer in zip(pairs, answers, strict=True):
+    for (messages, expected), answer, prompt in zip(pairs, answers, prompts, strict=True):
         value = float(score_fn(expected, answer))
         if not 0.0 <= value <= 1.0:
             raise SettingsError(f"scorer returned {value} for {expected!r}. Fix: return a bool "
                                 "or a float in [0, 1]")
         rows.append({"prompt": messages[-1]["content"] if messages else "",
-                     "expected": expected, "answer": answer, "correct": value})
+                     "expected": expected, "answer": answer, "correct": value,
+                     "chat_prompt": prompt})
     score = 100.0 * sum(r["correct"] for r in rows) / len(rows)
     name = scorer if isinstance(scorer, str) else getattr(scorer, "__name__", "custom")
     return EvalReport(score, rows, name)
@@ -297,7 +301,7 @@ def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
         batch_size = 32 if model.device.type == "cpu" else 8
     answers = _generate_batched(model, tokenizer, prompts, fmt, batch_size,
                                 answer_budget(tokenizer, pairs, scorer, max_new_tokens))
-    return _report(pairs, answers, scorer)
+    return _report(pairs, answers, scorer, prompts)
 
 
 def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
@@ -321,7 +325,34 @@ def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
         answers = [cut_at_stop(runner.detokenize(runner.greedy(runner.tokenize(p),
                                                                max_new_tokens, stop_ids)), stops)
                    for p in prompts]
-    return _report(pairs, answers, scorer)
+    return _report(pairs, answers, scorer, prompts)
+
+
+def evaluate_ollama(name, eval_rows, chat_format, tokenizer, scorer="exact",
+                    max_new_tokens: int = 64, options=None, host=None) -> EvalReport:
+    """evaluate, through a model registered with Ollama: each conversation sent to /api/chat
+    as `ollama run` sends it, with `options` (e.g. lorahelpers.ollama.GREEDY_OPTIONS; none:
+    the model's PARAMETERs over the server's defaults) and num_predict the answer budget; the
+    same scorers and report. Answers are Ollama's, cut at the model's own stops only. Each
+    row's "chat_prompt" is the prompt Ollama builds: chat_format's rendering, with the model's
+    SYSTEM where the conversation has no system message (as Ollama does).
+
+    >>> evaluate_ollama("my-model", rows, fmt, tok, options=GREEDY_OPTIONS).score  # doctest: +SKIP
+    100.0
+    """
+    from lorahelpers import ollama
+
+    fmt, pairs, _ = _questions(tokenizer, eval_rows, chat_format, scorer)
+    system = ollama.show(name, host).get("system") or ""
+    sent = {**(options or {}),
+            "num_predict": answer_budget(tokenizer, pairs, scorer, max_new_tokens)}
+    answers, prompts = [], []
+    for messages, _ in pairs:
+        answers.append(ollama.chat(name, messages, host=host, stream=False, options=sent))
+        if system and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": system}, *messages]
+        prompts.append(_prompt(tokenizer, messages, fmt))
+    return _report(pairs, answers, scorer, prompts)
 
 
 def _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens) -> list[str]:

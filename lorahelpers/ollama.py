@@ -38,6 +38,12 @@ from .modelfile import (  # noqa: F401
 )
 
 MIN_VERSION = (0, 5, 5)  # first server with the structured /api/create (files, template, ...)
+# Chat options under which Ollama answers as llama.cpp's greedy decoding of the GGUF: Ollama's
+# llama.cpp sampler applies the repetition penalties before the temperature, so temperature 0
+# alone still penalizes where the release's default repeat_penalty is 1.1 (before 0.32.10).
+# top_k, top_p and min_p keep the most likely token; typical_p is not sent (0.34.1 refuses it).
+GREEDY_OPTIONS = {"temperature": 0.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+                  "frequency_penalty": 0.0}
 INSTALL_SCRIPT = "https://ollama.com/install.sh"
 _HOST, _NS = r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}", r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
@@ -335,6 +341,49 @@ def register(name, gguf, chat_format, host=None, system=None, parameters=None, a
         raise OllamaError(f"lost the Ollama server at {url} while registering {name}: {e}. "
                           "Fix: check that it still runs, and register again.") from None
     return {**info, "ollama_version": version, "registration": mode}
+
+
+def parse_show_parameters(text: str) -> dict:
+    """The PARAMETERs of /api/show's "parameters" text (one `name value` line each, the value
+    as Go's %#v prints it; repeated names such as stop become lists).
+
+    >>> parse_show_parameters('stop    "<|im_end|>"\\nnum_ctx    2048')
+    {'stop': ['<|im_end|>'], 'num_ctx': 2048}
+    """
+    out: dict = {}
+    for line in (text or "").splitlines():
+        name, _, raw = line.strip().partition(" ")
+        if not name:
+            continue
+        try:
+            value = json.loads(raw.strip())
+        except ValueError:
+            value = raw.strip()
+        if name == "stop":
+            out.setdefault("stop", []).append(value)
+        else:
+            out[name] = value
+    return out
+
+
+def show(name, host=None) -> dict:
+    """What the server stores for model `name` (/api/show: template, system, details, ...),
+    with its PARAMETERs parsed into "options" and the server's version as "ollama_version".
+
+    >>> show("my-model")["options"]["num_ctx"]  # doctest: +SKIP
+    2048
+    """
+    url = base_url(host)
+    version = _require_server(url)
+    status, info = _request(f"{url}/api/show", "POST", {"model": name})
+    if status == 404:
+        raise OllamaError(f"model {name!r} is not registered at {url}. Fix: register({name!r}, "
+                          "gguf, chat_format) first")
+    if status != 200:
+        raise OllamaError(f"/api/show {name!r} answered {status}: {info}. Fix: check the "
+                          "server's log")
+    return {**info, "options": parse_show_parameters(info.get("parameters", "")),
+            "ollama_version": version}
 
 
 def chat(name, messages, host=None, stream=True, options=None) -> str:

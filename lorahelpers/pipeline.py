@@ -36,7 +36,8 @@ def prepare_data(params: Params, template: str | None = None, output_column: str
     sheet = sheet if sheet is not None else params.sheet
     eval_sheet = eval_sheet if eval_sheet is not None else params.eval_sheet
     kwargs = {"template": template, "output_column": output_column,
-              "system": params.system, "seed": params.seed}
+              "system": params.system, "seed": params.seed, "header_row": params.header_row,
+              "empty_markers": params.empty_markers, "raw_values": params.raw_values}
     if template is not None:
         kwargs["format"] = "table"
     train, report = to_conversations(params.data, sheet=sheet, **kwargs)
@@ -48,6 +49,25 @@ def prepare_data(params: Params, template: str | None = None, output_column: str
     else:
         train, held_out = split(train, params.eval_size, seed=params.seed)
     return DataBundle(train, held_out[: params.eval_size], report, eval_report)
+
+
+def preview_training(params: Params, data: DataBundle, tokenizer, chat_format,
+                     rows: int = 3):
+    """What training will see, before it starts: the first training rows as the model sees
+    them with the tokens that carry the loss marked, the token lengths of the rows the run
+    reaches against params.max_seq_length (a histogram in notebooks), how many are cut, and
+    what the data layer dropped. Tokenized as train() tokenizes (lorahelpers.batches).
+
+    >>> preview_training(params, data, tokenizer, chat_format)  # doctest: +SKIP
+    """
+    from lorahelpers.preview import training_preview
+    from lorahelpers.training import TrainSettings, rows_for_run
+
+    reached = rows_for_run(data.train, TrainSettings(
+        max_steps=params.max_steps, batch_size=params.batch_size, grad_accum=params.grad_accum,
+        seed=params.seed))
+    return training_preview(reached, tokenizer, chat_format, params.max_seq_length or 2048,
+                            data.report, rows, rows_total=len(data.train))
 
 
 def load(params: Params):
@@ -81,26 +101,6 @@ def lora_settings(params: Params):
     from lorahelpers.models import LoraSettings
 
     return LoraSettings(r=params.lora_r, alpha=params.lora_alpha, seed=params.seed)
-
-
-@dataclass
-class Comparison:
-    """Held-out scores side by side (before training, after, and of exported models)."""
-
-    scores: dict[str, float]
-    n: int
-
-    def rows(self) -> list[tuple[str, str]]:
-        return [(name, f"{score:.1f}") for name, score in self.scores.items()]
-
-    def __str__(self) -> str:
-        width = max(len(k) for k in self.scores)
-        return "\n".join(f"{k:<{width}}  {v:>6}" for k, v in self.rows())
-
-    def _repr_html_(self) -> str:
-        body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in self.rows())
-        return (f"<table><tr><th>model ({self.n} held-out rows)</th><th>score (%)</th></tr>"
-                f"{body}</table>")
 
 
 # Without GPU offload llama.cpp scores a 3B q4_k_m GGUF on Colab's 2 CPU threads at a few
@@ -323,8 +323,9 @@ def use_upload(params: Params, uploaded) -> tuple[Params, str]:
 
 def choose_sheets(params: Params) -> tuple[Params, str]:
     """params with sheet and eval_sheet that exist in the workbook params.data: a missing
-    training sheet becomes the workbook's first, a missing held-out sheet none (eval_size rows
-    are then set aside at random); a file without sheets (CSV, JSON, ...) gets neither.
+    training sheet becomes the one load_table reads by default (the first, or the only sheet
+    with a table when the first is empty or a cover page), a missing held-out sheet none
+    (eval_size rows are then set aside at random); a file without sheets gets neither.
     Returns the params and a few lines saying which rows are used.
 
     >>> params, note = choose_sheets(default_params("table"))  # doctest: +SKIP
@@ -333,6 +334,7 @@ def choose_sheets(params: Params) -> tuple[Params, str]:
     Rows to learn from: orders. Held-out rows: held_out.
     """
     from lorahelpers.data import sheet_names
+    from lorahelpers.workbook import default_sheet
 
     sheets = sheet_names(params.data)
     lines = []
@@ -342,9 +344,12 @@ def choose_sheets(params: Params) -> tuple[Params, str]:
     else:
         lines.append("Sheets in the workbook: " + ", ".join(sheets))
         if sheet not in sheets:
+            first, note = default_sheet(params.data)
             if sheet:
-                lines.append(f"No sheet {sheet!r} here: using the first sheet, {sheets[0]!r}.")
-            sheet = sheets[0]
+                lines.append(f"No sheet {sheet!r} here: using " + (
+                    f"the first sheet, {first!r}." if first == sheets[0] else f"{first!r}."))
+            lines += [note[0].upper() + note[1:] + "."] if note else []
+            sheet = first
         if eval_sheet and eval_sheet not in sheets:
             lines.append(f"No held-out sheet {eval_sheet!r} here: setting "
                          f"{params.eval_size} rows aside at random instead.")

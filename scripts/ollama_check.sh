@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Check lorahelpers against a real Ollama: print the server version, register the demo model and
-# say which registration mode was used, ask it three questions from the held-out sample data, and
-# print the answers next to the expected ones.
+# say which registration mode was used, ask it three questions from the held-out sample data and
+# print the answers next to the expected ones, then score the held-out rows with llama.cpp on the
+# GGUF and through the server (greedy, and with the options `ollama run` uses) and print the
+# comparison table with the check (greedy through Ollama must keep the GGUF's score).
 #
 #   bash scripts/ollama_check.sh [MODEL.gguf] [NAME]
 #
@@ -11,7 +13,10 @@
 # CHAT_FORMAT (default chatml, the demo's) must be the format the model was trained with.
 # ADAPTER=lora.gguf registers MODEL.gguf as the base with that LoRA adapter on servers that
 # accept adapters; on 0.34.1 and later MERGED=merged.gguf is registered instead.
-# MAX_SEQ_LENGTH (the training length) sets PARAMETER num_ctx.
+# MAX_SEQ_LENGTH (the training length) sets PARAMETER num_ctx. EVAL_DATA (default
+# data/alpaca_eval.jsonl) holds the held-out rows, ROWS how many of them to score (default all),
+# SCORER the scorer (exact); TOKENIZER the training tokenizer's folder (default: the merged model
+# beside the GGUF's folder, as export_and_verify writes it, else the embedded base's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,8 +41,38 @@ from pathlib import Path
 
 from lorahelpers import ollama
 from lorahelpers.chat import get_chat_format
+from lorahelpers.errors import LorahelpersError
 
 gguf, name, format_name = sys.argv[1:4]
+
+
+def tokenizer_for(gguf):
+    from transformers import AutoTokenizer
+
+    from lorahelpers.models import embedded_base
+
+    merged = Path(gguf).resolve().parent.parent / "merged"
+    folder = os.environ.get("TOKENIZER") or (
+        merged if (merged / "tokenizer_config.json").exists() else embedded_base())
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def held_out(gguf, name, fmt):
+    """Score the held-out rows with llama.cpp and through the server; print the table."""
+    from lorahelpers.data import to_conversations
+    from lorahelpers.heldout import compare, score_ollama
+    from lorahelpers.inference import evaluate_gguf
+
+    rows, _ = to_conversations(os.environ.get("EVAL_DATA") or "data/alpaca_eval.jsonl")
+    rows = rows[:int(os.environ.get("ROWS") or len(rows))]
+    scorer, tokenizer = os.environ.get("SCORER") or "exact", tokenizer_for(gguf)
+    print(f"\nScoring {len(rows)} held-out rows with llama.cpp on {Path(gguf).name}")
+    report = evaluate_gguf(gguf, rows, fmt, tokenizer, scorer)
+    quant = Path(gguf).stem  # the table's column: "<stem> GGUF (llama.cpp)"
+    scores = score_ollama(name, rows, fmt, tokenizer, scorer, gguf=gguf, gguf_report=report,
+                          quant=quant)
+    print(compare(None, None, {quant: report}, scores))
+    return scores.check
 server = None
 try:
     if ollama.server_available() is None:
@@ -61,9 +96,12 @@ try:
         print(f"\nQ: {question}\nA: ", end="", flush=True)
         ollama.chat(name, question)
         print(f"(expected: {row['output']})")
+    check = held_out(gguf, name, get_chat_format(format_name))
     print(f"\nOllama server version: {info['ollama_version']}; registration mode: "
           f"{info['registration']}")
-except ollama.OllamaError as e:
+    if not check.passed:
+        sys.exit(1)
+except LorahelpersError as e:
     sys.exit(f"error: {e}")
 finally:
     if server is not None:

@@ -18,17 +18,28 @@ Chat builds Ollama's Messages-mode data (the model's MESSAGEs, then the request'
 Modelfile SYSTEM first only when the request does not start with a system message;
 consecutive same-role messages joined by a blank line), drops the oldest history that does not
 fit in num_ctx as the release's chatPrompt does (server/prompt.go), renders the stored TEMPLATE
-with Go, records it in `.last_prompt`, and generates greedily with llama.cpp
-(llama-cpp-python) on the registered GGUF (plus the LoRA GGUF in adapter mode), cutting at the
-stop list.
+with Go, records it in `.last_prompt`, and generates with llama.cpp (llama-cpp-python) on the
+registered GGUF (plus the LoRA GGUF in adapter mode), cutting at the stop list. The sampling
+options are the request's over the model's PARAMETERs over the release's DefaultOptions
+(`Release.default_options`), drawn by llama.cpp's own sampler chain in the order Ollama's
+llama.cpp runners build it (`sampler`): repetition penalties (the prompt's tokens included),
+top_k, typical_p, top_p, min_p, temperature, then a draw seeded by `seed`. So a chat with no
+options samples at temperature 0.8 with a random seed, as `ollama run` does, and a release
+whose default repeat_penalty is 1.1 penalizes even at temperature 0.
 
 Where it differs from Ollama: models live in memory and blobs in a temporary folder; it does
-not quantize, convert safetensors, pull from a registry or detect templates from the GGUF; chat
-is always greedy on one CPU thread (sampling options other than stop, num_predict and num_ctx
-are ignored; num_predict defaults to 256, not unlimited); prompt tokens for truncation are
-counted with llama.cpp's tokenizer and a BOS; it knows only Messages-mode templates (no legacy
-.Prompt/.Response mode, tools, images, thinking), and evaluates every prompt afresh (no prompt
-cache), so equal requests get equal answers.
+not quantize, convert safetensors, pull from a registry or detect templates from the GGUF; it
+runs on one CPU thread, so its logits (and so the tokens a seed draws) differ slightly from a
+real server's on other hardware or with another llama.cpp build: equal seeds give equal
+answers here, not the same answers as a real server; it always samples as Ollama's llama.cpp
+runners do, also for the architectures that releases before 0.30 run on Ollama's own Go engine
+(gemma3, qwen3, mistral3, ...), whose sampler ignores the repetition penalties and orders top_k,
+temperature, top_p and min_p differently with its own random numbers; it has no llama-server
+prompt cache nor its abort after 30 repeated tokens; num_predict defaults to 256, not
+unlimited; prompt tokens for truncation are counted with llama.cpp's tokenizer and a BOS; it
+knows only Messages-mode templates (no legacy .Prompt/.Response mode, tools, images,
+thinking), and evaluates every prompt afresh, so equal requests with a fixed seed get equal
+answers.
 
 tests/fake_ollama.py wraps it in a fake `ollama` command (serve, create -f) for the tests.
 """
@@ -120,6 +131,19 @@ class Release:
         return self.since(0, 34, 1)
 
     @property
+    def default_options(self) -> dict:
+        """api/types.go DefaultOptions (the sampling options of a chat where the model and the
+        request set none), compared at every tag from 0.5.5 to 0.33.0-rc2: temperature 0.8,
+        top_k 40, top_p 0.9, typical_p 1.0, repeat_last_n 64, seed -1, MinP unset (0);
+        repeat_penalty 1.1, but 1.0 in 0.17.5-0.17.7 (#14537, reverted in 0.18.0) and from
+        0.32.10 (commit 6a261db "api: stop applying repeat_penalty 1.1 to models that don't
+        set one"); 0.34.x taken as 0.33.0-rc2."""
+        off = self.since(0, 32, 10) or (self.since(0, 17, 5) and not self.since(0, 18, 0))
+        return {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "typical_p": 1.0,
+                "repeat_last_n": 64, "repeat_penalty": 1.0 if off else 1.1,
+                "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": -1}
+
+    @property
     def refuses_gguf_quantize(self) -> bool:
         """0.34.1 (release notes, docs/import: "Ollama does not quantize GGUF models during
         import"). The wording of its error was not available: the double's is its own."""
@@ -170,6 +194,7 @@ class OllamaDouble:
         self.blobs.mkdir()
         self.models: dict[str, dict] = {}
         self.last_prompt: str | None = None
+        self.last_options: dict | None = None  # the options the last chat sampled with
         self.last_reply: str | None = None
         self.creates: list[dict] = []  # create requests as received
         self.uploads: list[str] = []  # digests of blob uploads, in order
@@ -384,9 +409,10 @@ class OllamaDouble:
             return self._llms[key]
 
     def load(self, model: dict, options: dict | None):
-        """(llama.cpp model, options) for a chat: the model's parameters under the request's
-        options, and the model loaded with their num_ctx."""
-        opts = {**model["parameters"], **(options or {})}
+        """(llama.cpp model, options) for a chat: the request's options over the model's
+        parameters over the release's defaults (server/routes.go modelOptions), and the model
+        loaded with their num_ctx."""
+        opts = {**self.release.default_options, **model["parameters"], **(options or {})}
         opts["num_ctx"] = int(opts.get("num_ctx") or DEFAULT_NUM_CTX)
         try:
             return self.llm(model, opts["num_ctx"]), opts
@@ -394,26 +420,74 @@ class OllamaDouble:
             raise CreateError(f"llama runner process has terminated: {e}") from None
 
     def generate(self, llm, prompt: str, opts: dict):
-        """Yields (text piece, None) then (None, done_reason)."""
+        """Yields (text piece, None) then (None, done_reason): tokens drawn by llama.cpp's
+        sampler with `opts` (sampler()) until an end-of-generation token, num_predict tokens
+        or a stop string, where the reply is cut; a piece that may begin a stop string is held
+        back until it is clear it does not (Ollama's runner does the same)."""
+        import llama_cpp
+
         stop = opts.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
+        stop = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+        n = int(opts.get("num_predict") or DEFAULT_NUM_PREDICT)
+        n = n if n > 0 else DEFAULT_NUM_PREDICT
         with self._lock:
             # A fresh evaluation each time: llama-cpp-python would otherwise reuse the cached
             # prompt and re-evaluate only its last token, whose logits differ slightly from
             # the batched ones, so the same chat could answer differently twice.
             llm.reset()
             tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-            n = int(opts.get("num_predict") or DEFAULT_NUM_PREDICT)
-            reason = "stop"
-            for chunk in llm.create_completion(
-                    tokens, max_tokens=n if n > 0 else DEFAULT_NUM_PREDICT, temperature=0.0,
-                    top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, stop=stop or None,
-                    stream=True):
-                choice = chunk["choices"][0]
-                if choice["text"]:
-                    yield choice["text"], None
-                reason = choice.get("finish_reason") or reason
+            vocab = llama_cpp.llama_model_get_vocab(llm.model)
+            chain = sampler(llm, opts, tokens)
+            out: list[int] = []
+            text, sent, reason = "", 0, "length"
+            llm.eval(tokens)
+            try:
+                while len(out) < n:
+                    token = chain.sample(llm._ctx, -1)  # also accepts it (penalty history)
+                    if llama_cpp.llama_vocab_is_eog(vocab, token):
+                        reason = "stop"
+                        break
+                    out.append(token)
+                    text = llm.detokenize(out, prev_tokens=tokens).decode("utf-8", "ignore")
+                    cuts = [text.index(s) for s in stop if s in text]
+                    if cuts:
+                        text, reason = text[:min(cuts)], "stop"
+                        break
+                    hold = max((k for s in stop for k in range(1, len(s))
+                                if text.endswith(s[:k])), default=0)
+                    if len(text) - hold > sent:
+                        yield text[sent:len(text) - hold], None
+                        sent = len(text) - hold
+                    llm.eval([token])
+            finally:
+                chain.close()
+            if len(text) > sent:
+                yield text[sent:], None
         yield None, reason
+
+
+def sampler(llm, opts: dict, prompt_tokens):
+    """llama.cpp's sampler chain as Ollama builds it for llama.cpp models (runner/llamarunner
+    before 0.30, llama-server after: common_sampler with Ollama's options): repetition
+    penalties over the last repeat_last_n tokens, the prompt's included (both runners accept
+    the prompt tokens into the sampler), then top_k, typical_p, top_p, min_p, temperature (at
+    0 or below: the highest logit) and a draw seeded by `seed` (-1: a random seed, as
+    Go's uint32(-1) is llama.cpp's LLAMA_DEFAULT_SEED). DRY, XTC and top-n-sigma are off in
+    Ollama and left out."""
+    from llama_cpp import _internals
+
+    chain = _internals.LlamaSampler()
+    chain.add_penalties(llm.n_vocab(), int(opts["repeat_last_n"]), float(opts["repeat_penalty"]),
+                        float(opts["frequency_penalty"]), float(opts["presence_penalty"]))
+    chain.add_top_k(int(opts["top_k"]))
+    chain.add_typical(float(opts["typical_p"]), 1)
+    chain.add_top_p(float(opts["top_p"]), 1)
+    chain.add_min_p(float(opts["min_p"]), 1)
+    chain.add_temp(float(opts["temperature"]))
+    chain.add_dist(int(opts["seed"]) & 0xFFFFFFFF)
+    for token in prompt_tokens:
+        chain.accept(token)
+    return chain
 
 
 def _handler(double: OllamaDouble):
@@ -647,7 +721,7 @@ def _handler(double: OllamaDouble):
                                            tokenize)
             except (CreateError, GoTemplateError) as e:
                 return self._error(500, str(e))
-            double.last_prompt = prompt
+            double.last_prompt, double.last_options = prompt, opts
             parts: list[str] = []
 
             def events():

@@ -62,7 +62,7 @@ def test_gemma_trains_exports_verifies_and_chats_in_ollama(tmp_path, capsys):
         ollama.register("gemma-tuned", q8, fmt, host=double.url, **quiet)
         conversation = eval_rows[0][:-1]
         reply = ollama.chat("gemma-tuned", conversation, host=double.url, stream=False,
-                            options={"num_predict": 8})
+                            options=ollama.GREEDY_OPTIONS | {"num_predict": 8})
         training_text, spans = fmt.render_with_spans(eval_rows[0])
         assert double.last_prompt == training_text[:spans[-1][0]]  # byte for byte
         assert double.last_prompt == tok.apply_chat_template(

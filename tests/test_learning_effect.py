@@ -1,8 +1,9 @@
 """The learning effect, asserted outside the notebooks. The README's main command end to end on
 the embedded model: it learns (held-out exact-match score up by at least 40 points), the q8_0
-GGUF run by llama.cpp keeps what was learned (within 10 points), every export is verified, and
-the Modelfile is one Ollama accepts. And the CSV/Excel notebook's CPU defaults learn the sample
-workbook's shipping rule."""
+GGUF run by llama.cpp keeps what was learned (within 10 points), every export is verified, the
+Modelfile is one Ollama accepts, and the model registered with Ollama (the test double) keeps
+it too: greedily within one row of the GGUF, and with the options `ollama run` uses. And the
+CSV/Excel notebook's CPU defaults learn the sample workbook's shipping rule."""
 
 from __future__ import annotations
 
@@ -19,15 +20,20 @@ from tests.modelfile_check import check
 
 
 @pytest.mark.slow
-def test_demo_learns_and_the_gguf_keeps_it(tmp_path):
+def test_demo_learns_and_the_gguf_and_ollama_keep_it(tmp_path):
+    """The demo against the Ollama double: registered, the held-out rows scored through it
+    greedily (the check against the GGUF passes) and with `ollama run`'s options."""
+    from tests.ollama_double import OllamaDouble
+
     out = tmp_path / "demo"
-    env = os.environ | {"OLLAMA_HOST": "http://127.0.0.1:9"}  # nothing listens there
-    proc = subprocess.run(
-        [sys.executable, "-m", "lorahelpers", "demo", "--output-dir", str(out)],
-        capture_output=True, text=True, env=env, timeout=1800)
+    with OllamaDouble() as double:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lorahelpers", "demo", "--output-dir", str(out)],
+            capture_output=True, text=True, env=os.environ | {"OLLAMA_HOST": double.url},
+            timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    print(json.dumps(summary, indent=2))
+    print(proc.stdout[proc.stdout.index("\nheld-out rows:"):])
 
     assert summary["after"] - summary["before"] >= 40, summary
     assert abs(summary["gguf_scores"]["q8_0"] - summary["after"]) <= 10, summary
@@ -36,9 +42,19 @@ def test_demo_learns_and_the_gguf_keeps_it(tmp_path):
     parsed = check(modelfile)
     assert parsed.one("template") == get_chat_format("chatml").go_template
     assert set(parsed.parameters["stop"]) >= {"<|im_end|>"}
-    assert summary["ollama"].startswith("skipped: no Ollama server answers")
+    assert summary["ollama"].startswith("registered as 'lorahelpers-alpaca' (model) with "
+                                        f"Ollama {double.version}")
+    ollama = summary["ollama_scores"]
+    assert ollama["check"]["passed"] and ollama["check"]["differences"] == [], ollama
+    assert abs(ollama["greedy"] - summary["gguf_scores"]["q8_0"]) <= 100 / summary["held_out_rows"]
+    assert ollama["run_options"] >= summary["after"] - 10, ollama  # `ollama run`'s sampling
+    columns = summary["comparison"]["columns"]
+    assert list(columns) == ["base (before training)", "PyTorch after training",
+                             "q8_0 GGUF (llama.cpp)", "Ollama greedy",
+                             "Ollama, `ollama run` options"]
     assert (out / "loss.png").stat().st_size > 10_000
-    assert "held-out score after training" in proc.stdout  # the summary table is printed
+    assert "held-out score through Ollama (greedy)" in proc.stdout  # the summary table
+    assert "Ollama greedy against the q8_0 GGUF (llama.cpp): " in proc.stdout
 
 
 @pytest.mark.slow

@@ -45,14 +45,15 @@ def test_exact_text(tmp_path):
         'PARAMETER stop """\n\nUser"""\n'
         "PARAMETER temperature 0.7\n"
         "PARAMETER num_ctx 2048\n"
-        "PARAMETER use_mmap false\n")
+        "PARAMETER use_mmap false\n"
+        "PARAMETER repeat_penalty 1.0\n")
 
 
 def test_chatml_text_and_no_empty_system(tmp_path):
     text = render_modelfile(tmp_path / "out" / "model-q8_0.gguf", CHATML, system="")
     assert text == ('FROM ./model-q8_0.gguf\nTEMPLATE """' + CHATML.go_template + '"""\n'
                     "PARAMETER stop <|im_end|>\nPARAMETER stop <|im_start|>\n"
-                    "PARAMETER num_ctx 4096\n")
+                    "PARAMETER num_ctx 4096\nPARAMETER repeat_penalty 1.0\n")
 
 
 @pytest.mark.parametrize("max_seq_length, parameters, num_ctx", [
@@ -103,7 +104,7 @@ def test_adapter_mode_and_paths_relative_to_the_modelfile(tmp_path):
         path.write_bytes(b"GGUF")
     assert request(text, tmp_path / "run", "0.33.0") == {
         "files": [str(base)], "adapters": [str(lora)], "template": "{{ .Prompt }}",
-        "parameters": {"stop": ["</s>"], "num_ctx": 4096}}
+        "parameters": {"stop": ["</s>"], "num_ctx": 4096, "repeat_penalty": 1.0}}
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
@@ -115,7 +116,8 @@ def test_every_format_reads_back_exactly(tmp_path, fmt):
     mf = check(text)
     assert mf.one("template") == fmt.go_template
     assert mf.one("system") == system
-    assert mf.parameters == {"stop": list(fmt.stop), "top_k": 40, "num_ctx": 4096}
+    assert mf.parameters == {"stop": list(fmt.stop), "top_k": 40, "num_ctx": 4096,
+                             "repeat_penalty": 1.0}
     assert request(text, tmp_path)["files"] == [str(gguf)]
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from lorahelpers import ollama
 from lorahelpers.chat import get_chat_format
-from lorahelpers.ollama import OllamaError
+from lorahelpers.ollama import GREEDY_OPTIONS, OllamaError
 from tests.gorender import GoTemplateError
 from tests.modelfile_check import check, name_is_valid
 from tests.ollama_double import NEWEST, VERSIONS, OllamaDouble, write_tiny_gguf
@@ -151,7 +151,7 @@ def test_register_uploads_creates_and_returns_show(double, tiny):
     assert sent["files"] == {"tiny.gguf": digest} and "adapters" not in sent
     assert sent["template"] == CHATML.go_template and sent["system"] == "Be brief."
     assert sent["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>"], "temperature": 0.1,
-                                  "num_ctx": 4096}
+                                  "num_ctx": 4096, "repeat_penalty": 1.0}
     assert info["template"] == CHATML.go_template and info["system"] == "Be brief."
     assert info["parameters"].splitlines()[0] == 'stop                           "<|im_end|>"'
     assert info["details"]["family"] == "llama"
@@ -480,13 +480,14 @@ def smol_double():
 
 
 def test_chat_streams_and_uses_the_registered_template(smol_double, capsys):
-    reply = ollama.chat("smol", QUESTION, host=smol_double.url)
+    reply = ollama.chat("smol", QUESTION, host=smol_double.url, options=GREEDY_OPTIONS)
     assert capsys.readouterr().out == reply + "\n"
     assert reply.strip() and reply == smol_double.last_reply
     assert smol_double.last_prompt == CHATML.render(
         [{"role": "system", "content": "You are a helpful assistant"},
          {"role": "user", "content": QUESTION}], add_generation_prompt=True)
-    assert ollama.chat("smol", QUESTION, host=smol_double.url, stream=False) == reply
+    assert ollama.chat("smol", QUESTION, host=smol_double.url, stream=False,
+                       options=GREEDY_OPTIONS) == reply
 
 
 def test_chat_request_system_replaces_the_modelfile_one_and_turns_merge(smol_double):
@@ -522,11 +523,51 @@ def test_a_long_chat_keeps_the_system_prompt_and_the_latest_turn(smol_double,
 
 
 def test_chat_honours_the_stop_list(smol_double):
-    full = ollama.chat("smol", QUESTION, host=smol_double.url, stream=False)
+    full = ollama.chat("smol", QUESTION, host=smol_double.url, stream=False,
+                       options=GREEDY_OPTIONS)
     stop = full.split()[2]  # a word from the middle of the answer
     cut = ollama.chat("smol", QUESTION, host=smol_double.url, stream=False,
-                      options={"stop": [stop]})
+                      options=GREEDY_OPTIONS | {"stop": [stop]})
     assert cut == full[:full.index(stop)] and cut
+
+
+def test_chat_samples_with_the_release_defaults_and_the_seed(smol_double):
+    """Without options the double samples as `ollama run` does (temperature 0.8, top_k 40,
+    top_p 0.9): a seed repeats its answer, other seeds draw others; top_k 1 is greedy."""
+    def ask(**options):
+        return ollama.chat("smol", QUESTION, host=smol_double.url, stream=False,
+                           options={"num_predict": 24, **options})
+
+    greedy = ask(**GREEDY_OPTIONS)
+    assert ask(seed=1) == ask(seed=1)
+    assert len({ask(seed=s) for s in range(1, 5)} | {greedy}) > 2
+    assert ask(seed=1, top_k=1) == greedy
+    assert smol_double.last_options["temperature"] == 0.8
+
+
+def test_a_release_with_repeat_penalty_1_1_penalizes_even_at_temperature_0():
+    """Ollama before 0.32.10 defaults to repeat_penalty 1.1, which llama.cpp applies before the
+    temperature and to the prompt's tokens: there temperature 0 alone is not greedy, unless
+    the model sets repeat_penalty 1 as lorahelpers' registration does."""
+    from lorahelpers.models import embedded_gguf
+
+    question = "Count from 1 to 10."
+    replies = {}
+    for version in ("0.12.6", "0.34.2"):
+        with OllamaDouble(version) as d:
+            ollama.register("ours", embedded_gguf(), CHATML, host=d.url, progress=lambda s: None)
+            client = ollama_client.Client(host=d.url)  # as a hand-written Modelfile would
+            files = {"m.gguf": client.create_blob(embedded_gguf())}
+            list(client.create(model="bare", files=files, template=CHATML.go_template,
+                               parameters={"stop": list(CHATML.stop)}, stream=True))
+            replies[version] = [ollama.chat(name, question, host=d.url, stream=False,
+                                            options=options | {"num_predict": 24})
+                                for name, options in (("bare", {"temperature": 0}),
+                                                      ("ours", {"temperature": 0}),
+                                                      ("bare", GREEDY_OPTIONS))]
+    greedy = replies["0.34.2"][2]
+    assert replies["0.12.6"][0] != greedy  # the release's repeat_penalty 1.1
+    assert replies["0.12.6"][1:] == replies["0.34.2"][:2] == [greedy, greedy]
 
 
 def test_chat_errors(smol_double):
@@ -667,11 +708,19 @@ def test_ollama_check_prints_the_registration_mode(monkeypatch):
 
     monkeypatch.setattr(ollama_double, "DEFAULT_NUM_PREDICT", 16)  # short answers suffice
     with OllamaDouble(VERSIONS[0]) as d:
-        done = ollama_check(d, embedded_gguf(), MAX_SEQ_LENGTH="512")
+        done = ollama_check(d, embedded_gguf(), MAX_SEQ_LENGTH="512", ROWS="3")
         assert d.creates[-1]["parameters"]["num_ctx"] == 2048
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"Ollama server version: {VERSIONS[0]} at {d.url}"
     assert f"registration mode: model on Ollama {VERSIONS[0]}" in lines
     assert lines[-1] == f"Ollama server version: {VERSIONS[0]}; registration mode: model"
     assert sum(line.startswith("(expected: ") for line in lines) == 3
+    # the held-out table: the GGUF by llama.cpp, Ollama greedy and with `ollama run` options
+    gguf = f"{embedded_gguf().stem} GGUF (llama.cpp)"
+    assert "held-out rows: 3" in lines
+    assert any(line.startswith(gguf) for line in lines)
+    assert any(line.startswith("Ollama, `ollama run` options") and "temperature 0.8" in line
+               and "repeat_penalty 1," in line for line in lines)  # the Modelfile's 1, not 1.1
+    assert any(line.startswith(f"Ollama greedy against the {gguf}: ") and
+               line.endswith(": passed.") for line in lines)

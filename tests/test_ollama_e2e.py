@@ -18,6 +18,7 @@ import pytest
 
 from lorahelpers import ollama
 from lorahelpers.chat import get_chat_format
+from lorahelpers.ollama import GREEDY_OPTIONS
 from tests.ollama_double import DEFAULT_NUM_PREDICT, VERSIONS, OllamaDouble
 
 pytestmark = pytest.mark.slow
@@ -91,7 +92,8 @@ def test_merged_q8_0_prompt_and_reply_match_training(double, q8_gguf, embedded_t
         ([{"role": "system", "content": "Answer in one word."}] + CONVERSATION[2:],
          [{"role": "system", "content": "Answer in one word."}] + CONVERSATION[2:]),
     ]:
-        reply = ollama.chat("tuned", request, host=double.url, stream=False)
+        reply = ollama.chat("tuned", request, host=double.url, stream=False,
+                            options=GREEDY_OPTIONS)
         hf = embedded_tokenizer.apply_chat_template(seen, chat_template=template,
                                                     tokenize=False, add_generation_prompt=True)
         assert double.last_prompt == hf  # byte for byte
@@ -113,7 +115,7 @@ def test_adapter_mode_reply_matches_llama_cpp_with_the_lora(double, base_f16_ggu
     for question in ("Name three colours of the rainbow.", "What is the capital of France?"):
         messages = [{"role": "user", "content": question}]
         reply = ollama.chat("tuned-lora", messages, host=double.url, stream=False,
-                            options={"num_predict": 40})
+                            options=GREEDY_OPTIONS | {"num_predict": 40})
         prompt = CHATML.render(messages, add_generation_prompt=True)
         assert double.last_prompt == prompt
         assert reply == greedy(model, prompt, CHATML.stop, lora, 40)[1]

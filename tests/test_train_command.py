@@ -200,7 +200,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # one process printed the progress and wrote the files, nothing half-written is left
-    assert done.stdout.count("[1/3] Reading data") == 1, done.stdout
+    assert done.stdout.count("[1/5] Reading data") == 1, done.stdout
     assert f"conversations per step (2 processes), {precision}\n" in done.stdout, done.stdout
     assert [p.name for p in two.iterdir() if p.name.startswith(".")] == []
     assert json.loads((two / "summary.json").read_text())["processes"] == 2
@@ -217,3 +217,40 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
     print(f"{precision}: losses {losses}, update distance {distance:.2e}")
     assert all(abs(a - b) < loss_limit * b for a, b in losses), losses
     assert distance < update_limit, distance
+
+
+# ---- the learning effect, as the demo reports it ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_reports_the_held_out_scores_of_every_stage(tmp_path, monkeypatch):
+    """`train --register` on a short run against the Ollama double: the held-out score before
+    and after training, of the GGUF and through Ollama, in the output and in summary.json."""
+    from lorahelpers.train_command import run_training
+    from tests.ollama_double import OllamaDouble
+
+    out = tmp_path / "run"
+    params = load_config(None, [f"output_dir={out}", "max_steps=3", "batch_size=2",
+                                "grad_accum=1", "eval_size=4", "max_seq_length=96",
+                                "quants=q8_0", "keep_dir=off", "precision=fp32"])
+    said = []
+    with OllamaDouble() as double:
+        monkeypatch.setenv("OLLAMA_HOST", double.url)
+        run_training(params, export=True, register=True, progress=said.append)
+    text = "\n".join(said)
+    for step in ("[3/8] Scoring the held-out rows before training (exact)",
+                 "[5/8] Scoring the held-out rows after training",
+                 "[7/8] Scoring the GGUF files with llama.cpp",
+                 "[8/8] Registering with Ollama and scoring the held-out rows through it"):
+        assert step in text, text
+    assert "\n  before: " in text and "\n  after: " in text and "\n  q8_0: " in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["held_out_rows"] == 4 and {"before", "after"} <= set(summary)
+    assert set(summary["gguf_scores"]) == {"q8_0"}
+    assert summary["ollama_scores"]["check"]["passed"], summary["ollama_scores"]
+    columns = summary["comparison"]["columns"]
+    assert list(columns) == ["base (before training)", "PyTorch after training",
+                             "q8_0 GGUF (llama.cpp)", "Ollama greedy",
+                             "Ollama, `ollama run` options"]
+    assert columns["PyTorch after training"]["score"] == summary["after"]
+    assert "\nheld-out rows: 4\ncolumn " in text  # the comparison table is printed

@@ -314,7 +314,8 @@ def test_two_ollama_models_on_each_release(two_adapters, merged_gguf, version):
                               f"{version}")
         for name, adapter in t.ggufs.items():
             replies[name] = ollama.chat(f"reviews-{name}", messages, host=double.url,
-                                        stream=False, options={"num_predict": 24})
+                                        stream=False,
+                                        options=ollama.GREEDY_OPTIONS | {"num_predict": 24})
             assert double.last_prompt == prompt
             model, lora = (merged_gguf(name), None) if refused else (t.base_gguf, adapter)
             assert replies[name] == greedy(model, prompt, CHATML.stop, lora, 24)[1]

@@ -78,15 +78,25 @@ display(data.report)
 print(preview(data.train, 3))
 
 # %% [markdown]
-# ## Base model and its score before training
+# ## The base model, and exactly what it will be trained on
 # The chat format (`params.chat_format`) is the one definition of the prompt: the same text is
-# used for training, put into the GGUF and given to Ollama as its TEMPLATE.
+# used for training, put into the GGUF and given to Ollama as its TEMPLATE. Below, the first
+# training rows as the model reads them, with the tokens the loss is on highlighted (the
+# answer and the end-of-turn token), and the token length of each training row against
+# `params.max_seq_length`: longer rows are cut.
+
+# %%
+from lorahelpers.pipeline import load, preview_training
+
+model, tokenizer, chat_format = load(params)
+preview_training(params, data, tokenizer, chat_format)
+
+# %% [markdown]
+# ## Its score before training
 
 # %%
 from lorahelpers.inference import evaluate
-from lorahelpers.pipeline import load
 
-model, tokenizer, chat_format = load(params)
 before = evaluate(model, tokenizer, data.eval, params.scorer, chat_format)
 before
 
@@ -114,11 +124,10 @@ plot_history(result.history)
 # ## Did it learn?
 
 # %%
-from lorahelpers.pipeline import Comparison
+from lorahelpers.heldout import compare
 
 after = evaluate(model, tokenizer, data.eval, params.scorer, chat_format)
-display(Comparison({"before training": before.score, "after training": after.score},
-                   after.n))
+display(compare(before, after))
 after
 
 # %%
@@ -145,22 +154,6 @@ for path in export.ggufs.values():  # to the keep folder now, before the longer 
 export
 
 # %% [markdown]
-# ## The GGUF files on held-out rows
-# The PyTorch model is done: deleting it gives its GPU memory to llama.cpp and Ollama. On a GPU
-# runtime llama.cpp scores every row on the GPU when its CUDA build is installed, else only the
-# first few rows on the CPU (the cell says which).
-
-# %%
-from lorahelpers.pipeline import free_torch_memory, score_ggufs
-
-del model
-print(free_torch_memory())
-gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, params.scorer)
-scores = {"PyTorch, after training": after.score}
-scores |= {f"{export.ggufs[q].name} (llama.cpp)": r.score for q, r in gguf_reports.items()}
-Comparison(scores, after.n)
-
-# %% [markdown]
 # ## The Modelfile
 # Written next to the GGUF: the TEMPLATE and stop strings come from the same chat format the
 # model was trained with, so Ollama builds exactly the training prompt.
@@ -175,9 +168,11 @@ keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
 
 # %% [markdown]
-# ## Chat with it in Ollama
+# ## Register it with Ollama
 # On Colab this starts an Ollama server (installed by the set-up cell). Elsewhere it uses a
-# server you started with `ollama serve`, or skips this step with the reason.
+# server you started with `ollama serve`, or skips this step and the Ollama cells below with
+# the reason. The PyTorch model stays in memory for the next cell; on a GPU, Ollama takes the
+# memory that is left and runs on the CPU whatever does not fit.
 
 # %%
 from lorahelpers import ollama
@@ -188,8 +183,58 @@ if runtime.colab:
 info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system,
                                 max_seq_length=params.max_seq_length)
 print(status)
-if info is not None:
-    ollama.chat(params.ollama_name, question)
+
+# %% [markdown]
+# ## Try it: the notebook's model and Ollama's, side by side
+# One message to the PyTorch model in memory and to the model Ollama serves. Both answer
+# greedily, so their answers should agree. In Jupyter or Colab a box below the answers sends
+# more messages; change the text here to ask something else. `ollama_options={}` makes Ollama
+# sample as `ollama run` does.
+
+# %%
+from lorahelpers.sidebyside import chat_side_by_side
+
+chat_side_by_side(question[-1]["content"], model, tokenizer, chat_format, params.ollama_name,
+                  system=params.system)
+
+# %% [markdown]
+# ## The GGUF files on held-out rows
+# The PyTorch model is done: deleting it gives its GPU memory to llama.cpp and Ollama. On a GPU
+# runtime llama.cpp scores every row on the GPU when its CUDA build is installed, else only the
+# first few rows on the CPU (the cell says which).
+
+# %%
+from lorahelpers.pipeline import free_torch_memory, score_ggufs
+
+del model
+print(free_torch_memory())
+gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, params.scorer)
+
+# %% [markdown]
+# ## The held-out rows through Ollama
+# What `ollama run` gives you: every held-out row sent to the registered model twice. Greedy
+# (temperature 0) it must answer as the GGUF file did: more than one row fewer right is a
+# failed check that names what differs (template, stops, num_ctx, options). Then with the
+# options `ollama run` uses: Ollama's defaults (temperature 0.8, ...) under the Modelfile's
+# PARAMETERs.
+
+# %%
+from lorahelpers.heldout import score_ollama
+
+quant = params.quants[0]
+ollama_scores = score_ollama(params.ollama_name, data.eval, chat_format, tokenizer,
+                             params.scorer, gguf=gguf, gguf_report=gguf_reports[quant],
+                             quant=quant, seed=params.seed)
+
+# %% [markdown]
+# ## Every stage side by side
+# The base model, the PyTorch model after training, each GGUF file run by llama.cpp, and
+# Ollama: the held-out score of each, the rows that flip between neighbours (right to wrong,
+# wrong to right), and the first row where PyTorch and Ollama answer differently, with the
+# prompt Ollama built.
+
+# %%
+compare(before, after, gguf_reports, ollama_scores)
 
 # %% [markdown]
 # ## Your files
@@ -222,6 +267,6 @@ from lorahelpers.hub import push_to_hub
 
 if params.hub_repo:
     push_to_hub(params.hub_repo, export, chat_format, system=params.system,
-                base_model=params.model)
+                max_seq_length=params.max_seq_length, base_model=params.model)
 else:
     print("Not uploading: set params.hub_repo to a repository id to share the model.")

@@ -102,7 +102,10 @@ print(note)
 # A workbook can hold several sheets. The rows to learn from come from `params.sheet`; the
 # held-out rows from `params.eval_sheet`, or, without one, from `eval_size` rows set aside at
 # random. The model never trains on held-out rows: they show whether it learned the rule or
-# only remembered rows. CSV files have no sheets.
+# only remembered rows. CSV files have no sheets. Without a `params.sheet` the first sheet is
+# read, unless it is empty or a cover page and one other sheet holds a table. Title lines and
+# notes above the column names are skipped (the note below the table says so);
+# `params.header_row` names the row of column names yourself.
 
 # %%
 from lorahelpers.data import load_table
@@ -110,7 +113,8 @@ from lorahelpers.pipeline import choose_sheets
 
 params, note = choose_sheets(params)
 print(note)
-table, _ = load_table(params.data, sheet=params.sheet)
+table, _ = load_table(params.data, sheet=params.sheet, header_row=params.header_row,
+                      empty_markers=params.empty_markers, raw_values=params.raw_values)
 table.head()
 
 # %% [markdown]
@@ -118,8 +122,11 @@ table.head()
 # The model reads text, so each row becomes a question written by `params.template`, like a
 # mail merge:
 #
-# * `{column}` puts in the value of that column (dates as `2025-06-04`, yes/no cells as
-#   `yes`/`no`);
+# * `{column}` puts in the value of that column as the sheet shows it: `25%`, `1,234.50 EUR`,
+#   dates in the cell's date format, TRUE/FALSE for yes/no cells (`params.raw_values = True`
+#   gives the values as stored: `0.25`, `1234.5`). A CSV cell is the text it holds. Only an
+#   empty cell is empty: "None", "N/A" or "-" are words the model sees, unless you list them
+#   in `params.empty_markers` (for example `("N/A", "-")`);
 # * `[[ ... ]]` marks a part that is left out when a column in it is empty (no "weight: kg"
 #   for orders without a weight);
 # * `params.output_column` is the column the model answers with. Rows where it is empty are
@@ -151,7 +158,10 @@ for conversation in data.train[:3]:
 # %% [markdown]
 # ## Checking the rows
 # How many rows were read and kept, and why any were left out (for example an empty answer
-# cell). Repeated rows are counted too: many repeats make the model memorize them.
+# cell). Repeated rows are counted too: many repeats make the model memorize them. The notes
+# say what was read differently from a plain table: title lines above the header that were
+# skipped (`params.header_row` names the header row yourself), merged cells filled into every
+# row they span, cells read as empty, the sheet chosen when the first one is a cover page.
 
 # %%
 display(data.report)
@@ -189,17 +199,27 @@ assert same_amount("12", "12 EUR") and same_amount("12", "It is 12.0.")
 assert not same_amount("12", "11") and not same_amount("12", "twelve")
 
 # %% [markdown]
-# ## The model, and its score before training
-# The model has never seen these orders, so it can only guess. The text below the score is
-# exactly what it reads for one row: the chat format (`params.chat_format`) is the one
-# definition of it, used for training, written into the GGUF file and given to Ollama.
+# ## The model, and exactly what it will be trained on
+# The first rows below are the text the model reads, in its chat format
+# (`params.chat_format`: the one definition of it, used for training, written into the GGUF
+# file and given to Ollama). The highlighted tokens are those the model learns to write: the
+# loss is on them only. The histogram shows how many tokens each training row takes against
+# `params.max_seq_length`; a row longer than that is cut, and one cut before its answer is
+# left out of training. Raise `max_seq_length` or shorten the template if rows are cut.
+
+# %%
+from lorahelpers.pipeline import load, preview_training
+
+model, tokenizer, chat_format = load(params)
+preview_training(params, data, tokenizer, chat_format)
+
+# %% [markdown]
+# ## Its score before training
+# The model has never seen these orders, so it can only guess.
 
 # %%
 from lorahelpers.inference import evaluate
-from lorahelpers.pipeline import load
 
-model, tokenizer, chat_format = load(params)
-print(chat_format.render(data.train[0]))
 before = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
                   max_new_tokens=max_answer_tokens)
 before
@@ -235,12 +255,11 @@ plot_history(result.history)
 # The same held-out rows, scored again.
 
 # %%
-from lorahelpers.pipeline import Comparison
+from lorahelpers.heldout import compare
 
 after = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
                  max_new_tokens=max_answer_tokens)
-display(Comparison({"before training": before.score, "after training": after.score},
-                   after.n))
+display(compare(before, after))
 after
 
 # %% [markdown]
@@ -273,22 +292,6 @@ for path in export.ggufs.values():  # to the keep folder now, before the longer 
 export
 
 # %% [markdown]
-# The held-out score of each GGUF file, run by llama.cpp (the engine inside Ollama): it should
-# be close to the score after training. The PyTorch model is done, so it is deleted first: on
-# a GPU its memory goes to llama.cpp and Ollama.
-
-# %%
-from lorahelpers.pipeline import free_torch_memory, score_ggufs
-
-del model
-print(free_torch_memory())
-gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, same_amount,
-                           max_answer_tokens)
-scores = {"PyTorch, after training": after.score}
-scores |= {f"{export.ggufs[q].name} (llama.cpp)": r.score for q, r in gguf_reports.items()}
-Comparison(scores, after.n)
-
-# %% [markdown]
 # ## The Modelfile
 # Ollama's recipe for the model, written next to the GGUF file. Its TEMPLATE and stop words
 # come from the chat format the model was trained with, so Ollama asks the question in
@@ -304,9 +307,11 @@ keep(modelfile, keep_dir, root=params.output_dir)
 print(modelfile.read_text())
 
 # %% [markdown]
-# ## Chat with it in Ollama
+# ## Register it with Ollama
 # On Colab this starts an Ollama server (installed by the set-up cell). Elsewhere it uses a
-# server you started with `ollama serve`, or skips this step and says why.
+# server you started with `ollama serve`, or skips this step and the Ollama cells below and
+# says why. The model above stays in memory for the next cell; on a GPU, Ollama takes the
+# memory that is left and runs on the CPU whatever does not fit.
 
 # %%
 from lorahelpers import ollama
@@ -317,8 +322,57 @@ if runtime.colab:
 info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system,
                                 max_seq_length=params.max_seq_length)
 print(status)
-if info is not None:
-    ollama.chat(params.ollama_name, question)
+
+# %% [markdown]
+# ## Try it: ask both models
+# One question to the model in this notebook and to the model in Ollama. Both answer
+# greedily (always their most likely next word), so the answers should be the same. Change
+# the text to ask about another order; in Jupyter or Colab a box below the answers sends more.
+
+# %%
+from lorahelpers.sidebyside import chat_side_by_side
+
+chat_side_by_side(question[-1]["content"], model, tokenizer, chat_format, params.ollama_name,
+                  system=params.system, max_new_tokens=max_answer_tokens)
+
+# %% [markdown]
+# The held-out score of each GGUF file, run by llama.cpp (the engine inside Ollama): it should
+# be close to the score after training. The model above is done, so it is deleted first: on
+# a GPU its memory goes to llama.cpp and Ollama.
+
+# %%
+from lorahelpers.pipeline import free_torch_memory, score_ggufs
+
+del model
+print(free_torch_memory())
+gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, same_amount,
+                           max_answer_tokens)
+
+# %% [markdown]
+# ## The held-out orders through Ollama
+# What `ollama run` would answer: every held-out order sent to the model in Ollama twice.
+# First greedily: it must score as the GGUF file did; more than one order fewer right is a
+# failed check that says what differs (template, stop words, num_ctx, options). Then with the
+# settings `ollama run` uses (Ollama's defaults, such as temperature 0.8, under the
+# Modelfile's PARAMETERs), which pick less likely words now and then.
+
+# %%
+from lorahelpers.heldout import score_ollama
+
+quant = params.quants[0]
+ollama_scores = score_ollama(params.ollama_name, data.eval, chat_format, tokenizer,
+                             same_amount, max_answer_tokens, gguf=gguf,
+                             gguf_report=gguf_reports[quant], quant=quant, seed=params.seed)
+
+# %% [markdown]
+# ## Every stage side by side
+# The model before and after training, each GGUF file run by llama.cpp, and Ollama: the share
+# of held-out orders each got right, the orders that flip between neighbours (right to wrong,
+# wrong to right), and the first order where this notebook's model and Ollama answer
+# differently, with the exact text Ollama gave the model.
+
+# %%
+compare(before, after, gguf_reports, ollama_scores)
 
 # %% [markdown]
 # ## Your files
@@ -357,6 +411,6 @@ from lorahelpers.hub import push_to_hub
 
 if params.hub_repo:
     push_to_hub(params.hub_repo, export, chat_format, system=params.system,
-                base_model=params.model)
+                max_seq_length=params.max_seq_length, base_model=params.model)
 else:
     print("Not uploading: set params.hub_repo to a repository id to share the model.")
