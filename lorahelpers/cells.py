@@ -160,18 +160,26 @@ def _format_number(x, number_format: str) -> str:
 _NUMBER_TOKEN = re.compile(r'"[^"]*"?|\\.|_.|\*.|\[[^\]]*\]|[Ee][+-]0+|.', re.S)
 
 
+def _literal(token: str) -> str | None:
+    """The text a format token shows as it is ("quoted", \\x, _x as the width of a space), or
+    None for a token that is not a literal."""
+    if token[0] == '"':
+        return token.strip('"')
+    if token[0] == "\\":
+        return token[1:]
+    if token[0] == "_":
+        return " "
+    return None
+
+
 @functools.lru_cache(maxsize=512)
 def _number_spec(section: str) -> dict | None:
     """A number section's parts: literal prefix and suffix, integer and decimal placeholders,
     thousands separator, scaling (% and trailing commas), exponent."""
     tokens = []
     for token in _NUMBER_TOKEN.findall(section):
-        if token[0] == '"':
-            tokens.append(("lit", token.strip('"')))
-        elif token[0] == "\\":
-            tokens.append(("lit", token[1:]))
-        elif token[0] == "_":
-            tokens.append(("lit", " "))
+        if (text := _literal(token)) is not None:
+            tokens.append(("lit", text))
         elif token[0] == "[":
             if token.startswith("[$"):  # [$€-407]: a currency symbol and a locale
                 tokens.append(("lit", token[2:-1].split("-")[0]))
@@ -269,12 +277,8 @@ def _date_tokens(section: str) -> tuple[tuple[str, str], ...]:
     tokens = []
     for token in _DATE_TOKEN.findall(section):
         low = token.lower()
-        if token[0] == '"':
-            tokens.append(("lit", token.strip('"')))
-        elif token[0] == "\\":
-            tokens.append(("lit", token[1:]))
-        elif token[0] == "_":
-            tokens.append(("lit", " "))
+        if (text := _literal(token)) is not None:
+            tokens.append(("lit", text))
         elif token[0] == "*":
             continue
         elif token[0] == "[":

@@ -400,6 +400,13 @@ def gguf_metadata(path: Path) -> dict[str, str]:
 
     >>> gguf_metadata("model-q8_0.gguf")["tokenizer.chat_template"]  # doctest: +SKIP
     """
+    with _vocab_only(path) as llm:
+        return dict(llm.metadata)
+
+
+@contextlib.contextmanager
+def _vocab_only(path):
+    """The GGUF loaded by llama.cpp with its vocabulary only (no weights), closed afterwards."""
     path = check_gguf(path)
     llama_cpp = import_llama_cpp()
     with quiet_llama_logs() as log:
@@ -409,7 +416,7 @@ def gguf_metadata(path: Path) -> dict[str, str]:
             said = "".join(log[-5:]).strip()
             raise ExportError(f"llama.cpp cannot read {path} ({e}): {said}") from None
         try:
-            return dict(llm.metadata)
+            yield llm
         finally:
             llm.close()
 
@@ -440,27 +447,19 @@ def end_of_generation(path, texts=()) -> EndOfGeneration:
     """
     path = check_gguf(path)
     llama_cpp = import_llama_cpp()
-    with quiet_llama_logs() as log:
-        try:
-            llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError) as e:
-            said = "".join(log[-5:]).strip()
-            raise ExportError(f"llama.cpp cannot read {path} ({e}): {said}") from None
-        try:
-            vocab = llama_cpp.llama_model_get_vocab(llm.model)
-            eog = tuple(i for i in range(llama_cpp.llama_vocab_n_tokens(vocab))
-                        if llama_cpp.llama_vocab_is_eog(vocab, i))
+    with _vocab_only(path) as llm:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        eog = tuple(i for i in range(llama_cpp.llama_vocab_n_tokens(vocab))
+                    if llama_cpp.llama_vocab_is_eog(vocab, i))
 
-            def key(name):
-                value = llm.metadata.get(f"tokenizer.ggml.{name}_token_id")
-                return None if value is None else int(value)
+        def key(name):
+            value = llm.metadata.get(f"tokenizer.ggml.{name}_token_id")
+            return None if value is None else int(value)
 
-            ids = {key("eos"), key("eot"), key("eom"), *eog} - {None}
-            return EndOfGeneration(
-                path, key("eos"), key("eot"), key("eom"), eog,
-                {i: llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8", "replace")
-                 for i in sorted(ids)},
-                {t: llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
-                 for t in texts})
-        finally:
-            llm.close()
+        ids = {key("eos"), key("eot"), key("eom"), *eog} - {None}
+        return EndOfGeneration(
+            path, key("eos"), key("eot"), key("eom"), eog,
+            {i: llama_cpp.llama_vocab_get_text(vocab, i).decode("utf-8", "replace")
+             for i in sorted(ids)},
+            {t: llm.tokenize(t.encode("utf-8"), add_bos=False, special=True)
+             for t in texts})
