@@ -18,8 +18,11 @@ def _messages(item, index: int) -> list[dict]:
     if isinstance(item, dict) and "messages" in item:
         item = item["messages"]
     if not isinstance(item, (list, tuple)):
-        raise TypeError(f"conversation {index}: expected a list of {{'role', 'content'}} "
-                        f"messages (or a dict with 'messages'), got {type(item).__name__}")
+        raise ChatFormatError(f"conversation {index}: expected a list of {{'role', 'content'}} "
+                              f"messages (or a dict with 'messages'), got "
+                              f"{type(item).__name__}.",
+                              fix="pass the conversations lorahelpers.data.to_conversations "
+                                  "returns, not the raw rows")
     return list(item)
 
 

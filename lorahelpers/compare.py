@@ -2,10 +2,10 @@
 
 An adapter is a small file that changes what its base model does; one base GGUF can carry any
 of them (llama.cpp's lora_path, Ollama's ADAPTER). This module scores every model on every task,
-in PyTorch or in llama.cpp with each adapter GGUF over the base GGUF, lines up their answers to
-the same prompts, and writes the base checkpoint with the training chat template, so that the
-one base GGUF formats chats exactly as the adapters were trained. (Saving and loading one
-adapter is lorahelpers.models.)
+in PyTorch or in llama.cpp with each adapter GGUF over the base GGUF, and lines up their answers
+to the same prompts. (Saving and loading one adapter is lorahelpers.models; the base checkpoint
+with the training chat template, which the one base GGUF is made from, is
+lorahelpers.merge.base_with_template.)
 
     >>> scores = score_models({"tagger": tagger, "namer": namer}, tasks, tok, fmt)  # doctest: +SKIP
     >>> scores.table()                                                             # doctest: +SKIP
@@ -14,17 +14,10 @@ adapter is lorahelpers.models.)
 from __future__ import annotations
 
 import html
-import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from lorahelpers.atomic import atomic_dir
 from lorahelpers.errors import SettingsError
-
-# What export_gguf reads from a checkpoint besides the tokenizer.
-_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 
 
 @dataclass
@@ -224,49 +217,3 @@ class AdapterView:
 
     def __repr__(self) -> str:
         return f"AdapterView({self.adapter or 'base, no adapter'})"
-
-
-def base_with_template(base, chat_format, out_dir, progress=print) -> Path:
-    """A checkpoint directory holding the base model's weights (linked, not copied) and its
-    tokenizer with chat_format's template. export_gguf of it gives the one base GGUF every
-    adapter runs over, carrying the template the adapters were trained with (a base model's
-    own template may differ, e.g. add a default system prompt); export_adapter_gguf can take it
-    as the base too. `base` is a checkpoint directory or a Hub name (a 4-bit base is replaced
-    by its 16-bit original, as merge_lora does). Written atomically.
-
-    >>> base_with_template(embedded_base(), get_chat_format("chatml"), "out/base")  # doctest: +SKIP
-    PosixPath('out/base')
-    """
-    from transformers import AutoTokenizer
-
-    from lorahelpers.chat import install_chat_template
-    from lorahelpers.merge import check_output_dir, checkpoint_shards, resolve_base
-
-    local = Path(base).expanduser()
-    if (local.is_absolute() or str(base).startswith(".")) and not local.is_dir():
-        raise SettingsError(f"base model directory {local} does not exist. Fix: pass the "
-                            "checkpoint the adapters were trained on (e.g. "
-                            "params.resolved_model())")
-    base_dir, requested, from_4bit = resolve_base({}, base)
-    if from_4bit:
-        progress(f"{requested} is 4-bit; the base GGUF is made from its 16-bit original "
-                 f"{base_dir}.")
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir)
-    files = [base_dir / n for n in _MODEL_FILES if (base_dir / n).is_file()]
-    files += checkpoint_shards(base_dir)
-    with atomic_dir(out_dir) as tmp:
-        for src in files:
-            _link_or_copy(src.resolve(), tmp / src.name)
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        install_chat_template(tokenizer, chat_format)
-        tokenizer.save_pretrained(tmp)
-    return out_dir
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A link keeps a multi-GB base from being copied; where links are not allowed, copy.
-    try:
-        os.symlink(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

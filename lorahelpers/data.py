@@ -18,14 +18,9 @@ from collections import defaultdict
 
 import pandas as pd
 
-from lorahelpers.tables import (
-    DataError,
-    DataReport,
-    load_table,
-    render_value,
-    save_upload,
-    sheet_names,
-)
+from lorahelpers.cells import render_value
+from lorahelpers.tables import DataError, DataReport, load_table, save_upload
+from lorahelpers.workbook import sheet_names
 
 __all__ = ["DataError", "DataReport", "load_table", "render_value", "sheet_names",
            "save_upload", "merge_columns", "to_conversations", "extend_conversations", "split",

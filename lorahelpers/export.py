@@ -7,7 +7,6 @@ merge_lora and MergeResult live in merge.py (which imports torch) and are import
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +18,13 @@ from lorahelpers.llamacpp import (  # noqa: F401  (re-exported for callers and t
     LlamaCppMissingError,
     TokenizerNotRecognizedError,
     UnsupportedArchitectureError,
+    check_architecture,
     converter_dir,
     converter_is_cached,
     gguf_metadata,
     llama_cpp_version,
     quantize,
     run_script,
-    supported_architectures,
-    unsupported_architecture,
 )
 
 # The one table of GGUF types: made by the converter, or by llama.cpp's C quantizer from a
@@ -55,14 +53,14 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
     >>> export_gguf("outputs/merged", "outputs/gguf", "mymodel", ("q8_0", "q4_k_m"))  # doctest: +SKIP
     {'q8_0': PosixPath('outputs/gguf/mymodel-q8_0.gguf'), 'q4_k_m': ...}
     """
-    from lorahelpers.merge import checkpoint_shards, read_header
+    from lorahelpers.merge import check_free_disk, checkpoint_shards, read_header
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     quants = _check_quants(quants)
     if not name or "/" in name or name.startswith("."):
         raise SettingsError(f"name {name!r} is not a plain file-name stem. Fix: give one such "
                             "as 'mymodel'")
-    arch = _check_architecture(model_dir)
+    arch = _check_architecture(model_dir, progress)
     shards = checkpoint_shards(model_dir)
     params = sum(_numel(v) for s in shards for k, v in read_header(s).items()
                  if k != "__metadata__")
@@ -76,7 +74,8 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
     if kquants and inter not in direct:
         need += params * 2
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_free_space(out_dir, need * 1.05 + 2**26)
+    check_free_disk(out_dir, need * 1.05 + 2**26,
+                    f"exporting {model_dir} to {', '.join(quants)}")
     expected = _expected_template(model_dir)
     progress(f"Exporting {model_dir} ({arch}, {params / 1e6:.0f}M parameters) to "
              f"{', '.join(quants)} with llama.cpp {llama_cpp_version()}")
@@ -122,24 +121,23 @@ def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, outtype
 
     >>> export_adapter_gguf("outputs/adapter", base_dir, "outputs/gguf/adapter.gguf")  # doctest: +SKIP
     """
+    from lorahelpers.merge import check_free_disk, read_adapter
+
     adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
     if outtype not in CONVERTER_TYPES:
         raise SettingsError(f"outtype {outtype!r} is unknown. Fix: use "
                             f"{', '.join(CONVERTER_TYPES)}")
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise ExportError(f"{adapter_dir} has no adapter_config.json. Fix: pass the directory "
-                          "model.save_pretrained() wrote for the PEFT adapter.")
-    problems = adapter_gguf_problems(json.loads(config_path.read_text()),
-                                     _adapter_tensor_names(adapter_dir))
+    adapter = read_adapter(adapter_dir, base_dir, ExportError)
+    problems = adapter_gguf_problems(adapter.config, adapter.tensor_names())
     if problems:
         raise AdapterNotConvertibleError(
             f"{adapter_dir} cannot become an adapter-only GGUF:\n- " + "\n- ".join(problems)
             + "\nFix: merge it instead: merge_lora(adapter_dir, merged_dir) then "
             "export_gguf(merged_dir, ...), which handles all of these.")
-    _check_architecture(base_dir)
+    _check_architecture(base_dir, progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _check_free_space(out_path.parent, 2 * _dir_bytes(adapter_dir) + 2**24)
+    check_free_disk(out_path.parent, 2 * _dir_bytes(adapter_dir) + 2**24,
+                    f"converting {adapter_dir} to {out_path.name}")
     with atomic_path(out_path) as tmp:
         run_script("convert_lora_to_gguf.py", [str(adapter_dir), "--base", str(base_dir),
                                                "--outtype", outtype, "--outfile", str(tmp)],
@@ -186,21 +184,6 @@ def adapter_gguf_problems(config: dict, tensor_names: list[str]) -> list[str]:
     return problems
 
 
-def _adapter_tensor_names(adapter_dir: Path) -> list[str]:
-    path = adapter_dir / "adapter_model.safetensors"
-    if path.is_file():
-        from lorahelpers.merge import read_header
-
-        return [k for k in read_header(path) if k != "__metadata__"]
-    if (adapter_dir / "adapter_model.bin").is_file():
-        import torch
-
-        return list(torch.load(adapter_dir / "adapter_model.bin", map_location="cpu",
-                               weights_only=True))
-    raise ExportError(f"{adapter_dir} has no adapter_model.safetensors. Fix: save the adapter "
-                      "again (lorahelpers.models.save_adapter).")
-
-
 def _check_quants(quants) -> list[str]:
     quants = [quants] if isinstance(quants, str) else list(quants)
     out = []
@@ -216,25 +199,18 @@ def _check_quants(quants) -> list[str]:
     return out
 
 
-def _check_architecture(model_dir: Path) -> str:
+def _check_architecture(model_dir: Path, progress) -> str:
+    from lorahelpers.merge import read_json
+
     path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ExportError(f"{model_dir} has no config.json. Fix: pass a Hugging Face checkpoint "
-                          "directory (e.g. what merge_lora wrote).")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise ExportError(f"{path} is not valid JSON ({e}).") from None
-    arches = config.get("architectures") or (config.get("text_config") or {}).get(
-        "architectures") or []
-    if not arches:
+    config = read_json(path, ExportError, "pass a Hugging Face checkpoint directory (e.g. what "
+                       "merge_lora wrote).", "save the model again with save_pretrained().")
+    arch = check_architecture(config, path, converter_dir(progress))
+    if arch is None:
         raise ExportError(f"{path} names no architectures (e.g. \"LlamaForCausalLM\"); the "
                           "converter needs one. Fix: save the model again with "
                           "save_pretrained().")
-    known = supported_architectures(converter_dir())
-    if known is not None and arches[0] not in known:
-        raise unsupported_architecture(arches[0], path, llama_cpp_version())
-    return arches[0]
+    return arch
 
 
 def _config_dtype(model_dir: Path) -> str | None:
@@ -251,14 +227,6 @@ def _numel(info: dict) -> int:
 
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _check_free_space(directory: Path, need: float) -> None:
-    free = shutil.disk_usage(directory).free
-    if free < need:
-        raise ExportError(f"Not enough disk space in {directory}: the export needs about "
-                          f"{need / 1e9:.2f} GB, {free / 1e9:.2f} GB are free. Fix: free space, "
-                          "ask for fewer quant types, or write to another directory.")
 
 
 def _expected_template(model_dir: Path) -> str | None:
@@ -372,17 +340,12 @@ def preflight_export(needs: ExportNeeds, out_dir, free_disk: int | None = None,
 
     >>> preflight_export(export_needs(135_000_000, ["q8_0"]), "outputs")  # doctest: +SKIP
     """
-    out_dir = Path(out_dir)
-    probe = next(p for p in [out_dir, *out_dir.parents] if p.exists())
-    free_disk = shutil.disk_usage(probe).free if free_disk is None else free_disk
+    from lorahelpers.merge import check_free_disk
+
+    check_free_disk(out_dir, needs.disk_bytes, f"merging and exporting a "
+                    f"{needs.params / 1e9:.1f}B-parameter model to {', '.join(needs.gguf_bytes)}",
+                    free=free_disk, details=str(needs))
     free_ram = available_ram() if free_ram is None else free_ram
-    if free_disk < needs.disk_bytes:
-        raise ExportError(
-            f"{probe}: {free_disk / 1e9:.1f} GB free, but merging and exporting a "
-            f"{needs.params / 1e9:.1f}B-parameter model to {', '.join(needs.gguf_bytes)} needs "
-            f"about {needs.disk_bytes / 1e9:.1f} GB there:\n{needs}\nFix: free disk space, "
-            "export fewer types (q4_k_m alone is the smallest), or write to another disk "
-            "(output_dir).")
     if free_ram is not None and free_ram < needs.peak_ram_bytes:
         raise ExportError(
             f"{free_ram / 1e9:.1f} GB of memory is available, but the merge and export need "

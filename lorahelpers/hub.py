@@ -175,19 +175,23 @@ def hub_token() -> str | None:
         return None
 
 
-def push_to_hub(repo_id: str, export, chat_format, *, system: str | None = None,
+def push_to_hub(repo_id: str | None, export, chat_format, *, system: str | None = None,
                 max_seq_length: int | None = None, parameters: dict | None = None,
                 base_model: str | None = None, private: bool = False, folder=None,
                 token: str | None = None, api=None, allow_unverified: bool = False,
-                progress=print) -> str:
+                progress=print) -> str | None:
     """Upload an export (export_and_verify's result) to the model repository `repo_id`, made
     if missing: the GGUFs, `template`, `params`, `system` and a README with the verification
     table. Returns the repository's address. Other GGUFs already in the repository are
     removed, so it holds this export only. The token comes from hub_token() unless given.
+    Without a repo_id (params.hub_repo unset) nothing is uploaded and None is returned.
 
     >>> push_to_hub("me/shop-bot", export, chat_format, system=params.system)  # doctest: +SKIP
     'https://huggingface.co/me/shop-bot'
     """
+    if not repo_id:
+        progress("Not uploading: set params.hub_repo to a repository id to share the model.")
+        return None
     reports = dict(getattr(export, "reports", {}) or {})
     ggufs = dict(getattr(export, "ggufs", export))
     failed = [q for q, r in reports.items() if not getattr(r, "passed", True)]

@@ -54,7 +54,13 @@ def cut_at_stop(text: str, stops) -> str:
 
 
 @contextmanager
-def _inference_mode(model):
+def eval_mode(model):
+    """`model` in eval mode (no dropout; Unsloth's inference switch on that backend) under
+    torch.inference_mode() while inside; training mode is restored after, if it was on.
+
+    >>> with eval_mode(model):  # doctest: +SKIP
+    ...     logits = model(input_ids=ids).logits
+    """
     was_training = model.training
     if getattr(model, "lorahelpers_backend", "") == "unsloth":
         from unsloth import FastLanguageModel
@@ -134,7 +140,7 @@ def generate(model, tokenizer, messages, chat_format=None, max_new_tokens: int =
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     streamer = StopStreamer(tokenizer, stops, file) if stream else None
-    with _inference_mode(model):
+    with eval_mode(model):
         out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                              pad_token_id=tokenizer.pad_token_id, streamer=streamer,
                              **sampling | extra | generate_kwargs)
@@ -362,7 +368,7 @@ def _generate_batched(model, tokenizer, prompts, fmt, batch_size, max_new_tokens
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every row from its last real token
     try:
-        with _inference_mode(model):
+        with eval_mode(model):
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 batch = [prompts[i] for i in idx]

@@ -12,9 +12,11 @@ import collections
 import contextlib
 import ctypes
 import importlib.metadata
+import mmap
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -179,6 +181,28 @@ def unsupported_architecture(arch: str, where: Path, version: str) -> Unsupporte
         "`python convert_hf_to_gguf.py --print-supported-models`):\n"
         f'    CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install -U {PACKAGE}\n'
         "and call converter_dir() once while online.")
+
+
+def check_architecture(config: dict, where, conv: Path | None = None) -> str | None:
+    """The architecture a Hugging Face model config names (None: it names none), after
+    checking that the converter in `conv` (converter_dir()) takes it, else
+    UnsupportedArchitectureError naming `where`. Without `conv`, the cached converter is asked
+    if there is one; if not, nothing is known yet, and the export checks again.
+
+    >>> check_architecture({"architectures": ["OPTForCausalLM"]}, "facebook/opt-125m")  # doctest: +SKIP
+    Traceback (most recent call last):
+    UnsupportedArchitectureError: facebook/opt-125m: architecture 'OPTForCausalLM' is not ...
+    """
+    arches = config.get("architectures") or (config.get("text_config") or {}).get(
+        "architectures") or []
+    if conv is None and arches and converter_is_cached():
+        conv = converter_dir()
+    if not arches or conv is None:
+        return arches[0] if arches else None
+    known = supported_architectures(conv)
+    if known is not None and arches[0] not in known:
+        raise unsupported_architecture(arches[0], where, llama_cpp_version())
+    return arches[0]
 
 
 def run_script(script: str, args: list[str], progress=print) -> None:
@@ -394,14 +418,71 @@ def check_gguf(path: Path, what: str = "GGUF file", error: type = ExportError) -
     return path
 
 
-def gguf_metadata(path: Path) -> dict[str, str]:
-    """Key/value metadata of a GGUF (tokenizer.chat_template, general.file_type, ...), read by
-    llama.cpp itself with the vocabulary only.
+def gguf_metadata(path) -> dict[str, str]:
+    """Key/value metadata of a GGUF (tokenizer.chat_template, general.file_type, ...) as
+    llama.cpp's model metadata gives it: each value as text, arrays (the vocabulary) left out.
+    Read from the file's header alone, so it also reads adapter GGUFs and needs neither
+    llama-cpp-python nor PyPI's gguf (too old for some files).
 
-    >>> gguf_metadata("model-q8_0.gguf")["tokenizer.chat_template"]  # doctest: +SKIP
+    >>> gguf_metadata("model-q8_0.gguf")["general.file_type"]  # doctest: +SKIP
+    '7'
     """
-    with _vocab_only(path) as llm:
-        return dict(llm.metadata)
+    path = check_gguf(path)
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _GGUFHeader(data).metadata()
+    except (struct.error, ValueError, KeyError) as e:
+        raise ExportError(f"{path}: its GGUF header cannot be read ({e}).", fix="export the "
+                          "file again; a copy may be incomplete") from None
+
+
+class _GGUFHeader:
+    """The key/value section of a GGUF (versions 2 and 3, little-endian), read in place."""
+
+    SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+               11: "q", 12: "d"}
+    STRING, ARRAY = 8, 9
+
+    def __init__(self, data):
+        self.data, self.at = data, 4  # after the magic
+
+    def take(self, fmt: str):
+        (value,) = struct.unpack_from("<" + fmt, self.data, self.at)
+        self.at += struct.calcsize(fmt)
+        return value
+
+    def value(self, kind: int):
+        if kind == self.STRING:
+            n = self.take("Q")
+            self.at += n
+            if self.at > len(self.data):
+                raise ValueError("a string runs past the end of the file")
+            return bytes(self.data[self.at - n:self.at]).decode("utf-8", "replace")
+        if kind != self.ARRAY:
+            return self.take(self.SCALARS[kind])
+        item, n = self.take("I"), self.take("Q")
+        if item in self.SCALARS:
+            self.at += n * struct.calcsize(self.SCALARS[item])
+        else:
+            for _ in range(n):
+                self.value(item)
+        return None
+
+    def metadata(self) -> dict[str, str]:
+        version = self.take("I")
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version}; llama.cpp reads versions 2 and 3")
+        _tensors, count = self.take("Q"), self.take("Q")
+        out = {}
+        for _ in range(count):
+            key, kind = self.value(self.STRING), self.take("I")
+            value = self.value(kind)
+            # The text llama.cpp's metadata gives (gguf_kv_to_str, std::to_string); no arrays.
+            if kind == 7:
+                out[key] = "true" if value else "false"
+            elif kind != self.ARRAY:
+                out[key] = f"{value:f}" if kind in (6, 12) else str(value)
+        return out
 
 
 @contextlib.contextmanager

@@ -5,12 +5,17 @@ straight into the output shard (its header is known up front: same names, dtypes
 so memory stays at one block plus the adapter, whatever the model size. The merge is
 W' = W + scale * B @ A in float32, cast back to the base dtype, with scale = alpha / r
 (alpha / sqrt(r) with rsLoRA).
+
+Also here: reading a saved adapter folder (read_adapter), the base checkpoint with the training
+chat template that adapter GGUFs share (base_with_template), and the one tokenizer writer both
+checkpoints use.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import struct
@@ -23,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorahelpers.atomic import atomic_dir
-from lorahelpers.errors import ExportError
+from lorahelpers.errors import ExportError, SettingsError
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
@@ -31,6 +36,8 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
 BLOCK_BYTES = 64 * 2**20  # float32 working set per block of rows
 FOUR_BIT_SUFFIXES = ("-unsloth-bnb-4bit", "-bnb-4bit")
 EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+# What export_gguf reads from a checkpoint besides the weights and the tokenizer.
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 
 
 class MergeError(ExportError):
@@ -110,6 +117,69 @@ def checkpoint_shards(model_dir: Path) -> list[Path]:
     return shards
 
 
+def read_json(path: Path, error: type, fix_missing: str, fix_invalid: str) -> dict:
+    """The JSON in `path` (a checkpoint's config.json, an adapter's adapter_config.json), or
+    `error` saying that it is missing or not JSON, with the fix for each.
+
+    >>> read_json(Path("m/config.json"), ExportError, "pass a checkpoint.", "save it again.")
+    Traceback (most recent call last):
+    ...
+    lorahelpers.errors.ExportError: m has no config.json. Fix: pass a checkpoint.
+    """
+    if not path.is_file():
+        raise error(f"{path.parent} has no {path.name}. Fix: {fix_missing}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise error(f"{path} is not valid JSON ({e}). Fix: {fix_invalid}") from None
+
+
+@dataclass(frozen=True)
+class AdapterFiles:
+    """A saved PEFT LoRA adapter (what save_adapter writes): its folder, adapter_config.json,
+    the weights file and the base model (as given, else as the config names it)."""
+
+    dir: Path
+    config: dict
+    weights: Path           # adapter_model.safetensors, or an older adapter_model.bin
+    base: str
+
+    def tensor_names(self) -> list[str]:
+        if self.weights.suffix == ".safetensors":
+            return [k for k in read_header(self.weights) if k != "__metadata__"]
+        return list(self.tensors())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.weights.suffix == ".safetensors":
+            read_header(self.weights)  # a truncated file is named, not a cryptic load error
+            return load_file(self.weights)
+        return torch.load(self.weights, map_location="cpu", weights_only=True)
+
+
+def read_adapter(adapter_dir, base=None, error: type = MergeError) -> AdapterFiles:
+    """The adapter saved in `adapter_dir`, its base `base` (default: the one its config names);
+    `error` (a LorahelpersError class) when a file is missing or no base is named.
+
+    >>> read_adapter("outputs/adapter").base  # doctest: +SKIP
+    'HuggingFaceTB/SmolLM2-135M-Instruct'
+    """
+    adapter_dir = Path(adapter_dir)
+    path = adapter_dir / "adapter_config.json"
+    config = read_json(path, error, "pass the directory that train() or save_adapter() wrote "
+                       "(a PEFT model's save_pretrained()).",
+                       "save the adapter again (lorahelpers.models.save_adapter).")
+    weights = next((adapter_dir / n for n in ("adapter_model.safetensors", "adapter_model.bin")
+                    if (adapter_dir / n).is_file()), None)
+    if weights is None:
+        raise error(f"{adapter_dir} has no adapter_model.safetensors. Fix: save the adapter "
+                    "again (lorahelpers.models.save_adapter).")
+    named = str(base) if base is not None else config.get("base_model_name_or_path")
+    if not named:
+        raise error(f"{path} names no base model. Fix: pass the base model's directory or Hub "
+                    "name (base_dir= to merge_lora, base= to load_adapter).")
+    return AdapterFiles(adapter_dir, config, weights, named)
+
+
 def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=print,
                ) -> MergeResult:
     """Merge the PEFT LoRA adapter in `adapter_dir` into its base and write an ordinary
@@ -122,13 +192,14 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
     """
     start = time.monotonic()
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    config = _adapter_config(adapter_dir)
-    base, requested, from_4bit = resolve_base(config, base_dir)
-    if from_4bit:
-        progress(f"The adapter was trained on the 4-bit {requested}; merging into its 16-bit "
-                 f"original {base}.")
+    files = read_adapter(adapter_dir, base_dir)
+    if files.config.get("peft_type", "LORA") != "LORA":
+        raise MergeError(f"{adapter_dir / 'adapter_config.json'}: peft_type "
+                         f"{files.config['peft_type']!r}; only LoRA adapters merge. Fix: train a "
+                         "LoRA adapter (lorahelpers.models.add_lora).")
+    base, requested, from_4bit = resolve_base(files.base, progress)
     shards = checkpoint_shards(base)
-    adapter = loras, replaced, own_base = _load_adapter(adapter_dir, config)
+    adapter = loras, replaced, own_base = _load_adapter(files)
     headers = [read_header(s) for s in shards]
     base_keys = {k for h in headers for k in h if k != "__metadata__"}
     for key in [*loras, *replaced, *own_base]:
@@ -142,7 +213,8 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
                                                              LM_HEAD not in base_keys)
     untie = bool(tied) and EMBED in base_keys and bool({EMBED, LM_HEAD} & touched)
     check_output_dir(out_dir)
-    _check_disk(out_dir, sum(s.stat().st_size for s in shards) * (1.3 if untie else 1.0))
+    need = sum(s.stat().st_size for s in shards) * (1.3 if untie else 1.0) + 2**28
+    check_free_disk(out_dir, need, f"merging into {out_dir}")
 
     with atomic_dir(out_dir) as tmp:
         weight_map, written, total = {}, 0, 0
@@ -161,36 +233,15 @@ def merge_lora(adapter_dir, out_dir, base_dir=None, chat_format=None, progress=p
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
         embed = replaced.get(EMBED, own_base.get(EMBED))
         _write_config(base, tmp, untie, None if embed is None else embed.shape[0])
-        _write_tokenizer(adapter_dir, base, tmp, chat_format)
+        _write_tokenizer(tmp, [adapter_dir, base], chat_format)
     return MergeResult(out_dir, base, requested, from_4bit, len(touched), written, untie,
                        time.monotonic() - start)
 
 
-def _adapter_config(adapter_dir: Path) -> dict:
-    path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise MergeError(f"{adapter_dir} has no adapter_config.json. Fix: pass the directory "
-                         "model.save_pretrained() wrote for the PEFT adapter.")
-    config = json.loads(path.read_text())
-    if config.get("peft_type", "LORA") != "LORA":
-        raise MergeError(f"{path}: peft_type {config['peft_type']!r}; only LoRA adapters merge. "
-                         "Fix: train a LoRA adapter (lorahelpers.models.add_lora).")
-    return config
-
-
-def _load_adapter(adapter_dir: Path, config: dict):
+def _load_adapter(files: AdapterFiles):
     """(LoRA updates, full replacement weights from modules_to_save, base weights the adapter
     carries itself), each keyed by the base checkpoint's tensor name."""
-    path = adapter_dir / "adapter_model.safetensors"
-    if path.is_file():
-        read_header(path)
-        tensors = load_file(path)
-    elif (adapter_dir / "adapter_model.bin").is_file():
-        tensors = torch.load(adapter_dir / "adapter_model.bin", map_location="cpu",
-                             weights_only=True)
-    else:
-        raise MergeError(f"{adapter_dir} has no adapter_model.safetensors. Fix: save the "
-                         "adapter again (lorahelpers.models.save_adapter).")
+    config, path, tensors = files.config, files.weights, files.tensors()
     loras: dict[str, _Lora] = {}
     replaced: dict[str, torch.Tensor] = {}
     own_base: dict[str, torch.Tensor] = {}
@@ -322,10 +373,13 @@ def _write_config(base: Path, out: Path, untie: bool, vocab_size: int | None) ->
         shutil.copy2(base / "generation_config.json", out / "generation_config.json")
 
 
-def _write_tokenizer(adapter_dir: Path, base: Path, out: Path, chat_format) -> None:
+def _write_tokenizer(out: Path, sources: list[Path], chat_format) -> None:
+    """Save into `out` the tokenizer of the first of `sources` (adapter or checkpoint folders)
+    that has one, with chat_format's template installed and its turn end in out's
+    generation_config.json, keeping the vocabulary files llama.cpp's converter reads."""
     from transformers import AutoTokenizer
 
-    source = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base
+    source = next((d for d in sources if (d / "tokenizer_config.json").is_file()), sources[-1])
     tokenizer = AutoTokenizer.from_pretrained(source)
     if chat_format is not None:
         from lorahelpers.chat import install_chat_template
@@ -341,7 +395,7 @@ def _write_tokenizer(adapter_dir: Path, base: Path, out: Path, chat_format) -> N
     # converter fails to parse as SentencePiece ("could not parse ModelProto") when present;
     # without it, it reads Llama 3's vocabulary from tokenizer.json.
     for name in ("tokenizer.model", "added_tokens.json"):
-        found = [d / name for d in (adapter_dir, base) if (d / name).is_file()]
+        found = [d / name for d in sources if (d / name).is_file()]
         if found and not (out / name).is_file() and not _is_tiktoken(found[0]):
             shutil.copyfile(found[0], out / name)
 
@@ -351,13 +405,30 @@ def _is_tiktoken(path: Path) -> bool:
         return re.match(rb"[A-Za-z0-9+/]+=* [0-9]+\r?\n", f.read(200)) is not None
 
 
-def _check_disk(out_dir: Path, need: float) -> None:
-    probe = next(p for p in [out_dir, *out_dir.parents] if p.exists())
-    free = shutil.disk_usage(probe).free
-    if free < need + 2**28:
-        raise ExportError(f"{probe}: {free / 1e9:.1f} GB free, but writing to {out_dir} needs "
-                          f"about {need / 1e9:.1f} GB. Fix: free some space or write "
-                          "elsewhere.")
+def check_free_disk(path, needed_bytes: float, what: str, free: int | None = None,
+                    details: str = "") -> None:
+    """Raise ExportError when the disk under `path` (or its nearest existing parent) has less
+    than `needed_bytes` free for `what`; `details` (e.g. a table of sizes) joins the message.
+    `free` replaces the measured free bytes.
+
+    >>> check_free_disk(".", 2 * 10**9, "merging into out/merged", free=10**9)
+    Traceback (most recent call last):
+    ...
+    lorahelpers.errors.ExportError: Not enough disk space in .: 1.0 GB free, but merging into out/merged needs about 2.0 GB there. Fix: ...
+    """
+    path = Path(path)
+    probe = next(p for p in [path, *path.parents] if p.exists())
+    free = shutil.disk_usage(probe).free if free is None else free
+    if free < needed_bytes:
+        raise ExportError(
+            f"Not enough disk space in {probe}: {_size(free)} free, but {what} needs about "
+            f"{_size(needed_bytes)} there" + (f":\n{details}\n" if details else ". ")
+            + "Fix: free disk space, write to another disk, or export fewer GGUF types "
+            "(q4_k_m alone is the smallest).")
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -369,6 +440,45 @@ def check_output_dir(out_dir: Path) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
         raise MergeError(f"{out_dir} exists and is not a model checkpoint; refusing to "
                          "replace it. Fix: choose another output directory.")
+
+
+def base_with_template(base, chat_format, out_dir, progress=print) -> Path:
+    """A checkpoint directory holding the base model's weights (linked, not copied) and its
+    tokenizer with chat_format's template, written as merge_lora writes a merged one. export_gguf
+    of it gives the one base GGUF every adapter runs over, carrying the template the adapters
+    were trained with (a base model's own template may differ, e.g. add a default system
+    prompt); export_adapter_gguf can take it as the base too. `base` is a checkpoint directory
+    or a Hub name (a 4-bit base is replaced by its 16-bit original, as merge_lora does).
+    Written atomically.
+
+    >>> base_with_template(embedded_base(), get_chat_format("chatml"), "out/base")  # doctest: +SKIP
+    PosixPath('out/base')
+    """
+    local = Path(base).expanduser()
+    if (local.is_absolute() or str(base).startswith(".")) and not local.is_dir():
+        raise SettingsError(f"base model directory {local} does not exist. Fix: pass the "
+                            "checkpoint the adapters were trained on (e.g. "
+                            "params.resolved_model())")
+    base_dir, _, _ = resolve_base(str(base), progress)
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir)
+    shards = checkpoint_shards(base_dir)
+    with atomic_dir(out_dir) as tmp:
+        for name in _MODEL_FILES:  # copies: the tokenizer writer adds to generation_config.json
+            if (base_dir / name).is_file():
+                shutil.copy2(base_dir / name, tmp / name)
+        for shard in shards:
+            _link_or_copy(shard.resolve(), tmp / shard.name)
+        _write_tokenizer(tmp, [base_dir], chat_format)
+    return out_dir
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A link keeps a multi-GB base from being copied; where links are not allowed, copy.
+    try:
+        os.symlink(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def original_16bit_name(name: str) -> str | None:
@@ -401,11 +511,13 @@ def fetch_base(name: str) -> Path | None:
         return None
 
 
-def resolve_base(config: dict, base_dir=None) -> tuple[Path, str, bool]:
-    """(16-bit base directory, the base as named, whether that name was a 4-bit base)."""
-    requested = str(base_dir) if base_dir is not None else config.get("base_model_name_or_path")
-    if not requested:
-        raise MergeError("adapter_config.json names no base model. Fix: pass base_dir=.")
+def resolve_base(requested: str, progress=print) -> tuple[Path, str, bool]:
+    """(16-bit base directory, `requested` (a directory or Hub name), whether that was a 4-bit
+    base, replaced by its 16-bit original).
+
+    >>> resolve_base("outputs/base")  # doctest: +SKIP
+    (PosixPath('outputs/base'), 'outputs/base', False)
+    """
     path = None if original_16bit_name(requested) else fetch_base(requested)
     if path is None and not original_16bit_name(requested):
         raise MergeError(f"Cannot find the base model {requested}: it is neither a local "
@@ -431,4 +543,5 @@ def resolve_base(config: dict, base_dir=None) -> tuple[Path, str, bool]:
             f"original {original}, which is neither local nor downloadable here. Fix: download it "
             f"where the Hugging Face Hub is reachable (huggingface-cli download {original}) "
             "and pass its directory as base_dir.")
+    progress(f"{requested} is 4-bit; using its 16-bit original {path16}.")
     return path16, requested, True

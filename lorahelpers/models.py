@@ -110,15 +110,10 @@ def spm_bpe_tokenizer(gguf: Path):
     >>> spm_bpe_tokenizer(Path("gemma-3-270m-q4_k_m.gguf"))("Hi")["input_ids"]  # doctest: +SKIP
     [2, 10979]
     """
-    from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    fields = GGUFReader(gguf).fields
-
-    def value(key, default=None):
-        return fields[key].contents() if key in fields else default
-
+    value = _gguf_values(gguf)
     if value("tokenizer.ggml.model") != "llama" or value("tokenizer.ggml.add_space_prefix", 1):
         raise ModelError(f"{gguf}: not a SentencePiece BPE vocabulary without a space prefix; "
                          "Fix: load its tokenizer with AutoTokenizer.from_pretrained(gguf_file=)")
@@ -137,10 +132,7 @@ def spm_bpe_tokenizer(gguf: Path):
     backend.normalizer = normalizers.Replace(" ", "\u2581")
     backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "),
                                          decoders.ByteFallback(), decoders.Fuse()])
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                for t, k in zip(tokens, types, strict=True) if k == 3])
-    backend.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types,
-                                                                        strict=True) if k == 4])
+    _add_gguf_tokens(backend, tokens, types)
     if value("tokenizer.ggml.add_bos_token", 0):
         bos = name["bos"]
         backend.post_processor = processors.TemplateProcessing(
@@ -162,15 +154,10 @@ def byte_level_bpe_tokenizer(gguf: Path):
     >>> byte_level_bpe_tokenizer(embedded_gguf())("Hi 42")["input_ids"]  # doctest: +SKIP
     [26843, 216, 36, 34]
     """
-    from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    fields = GGUFReader(gguf).fields
-
-    def value(key, default=None):
-        return fields[key].contents() if key in fields else default
-
+    value = _gguf_values(gguf)
     if (value("tokenizer.ggml.model"), value("tokenizer.ggml.pre")) != ("gpt2", "smollm"):
         raise ModelError(f"{gguf}: not a byte-level BPE vocabulary with SmolLM's pre-tokenizer; "
                          "Fix: load its tokenizer with AutoTokenizer.from_pretrained(gguf_file=)")
@@ -182,10 +169,7 @@ def byte_level_bpe_tokenizer(gguf: Path):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                                for t, k in zip(tokens, types, strict=True) if k == 3])
-    backend.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types,
-                                                                        strict=True) if k == 4])
+    _add_gguf_tokens(backend, tokens, types)
     name = {k: tokens[value(f"tokenizer.ggml.{k}_token_id")]
             for k in ("bos", "eos", "unknown", "padding")}
     return PreTrainedTokenizerFast(
@@ -200,20 +184,19 @@ def write_sentencepiece_model(gguf: Path, path: Path) -> Path:
 
     >>> write_sentencepiece_model(Path("gemma.gguf"), Path("ckpt/tokenizer.model"))  # doctest: +SKIP
     """
-    from gguf import GGUFReader
     from sentencepiece import sentencepiece_model_pb2 as spm
 
-    fields = GGUFReader(gguf).fields
-    tokens, scores, types = (fields[f"tokenizer.ggml.{k}"].contents()
-                             for k in ("tokens", "scores", "token_type"))
-    unk = fields["tokenizer.ggml.unknown_token_id"].contents()
+    value = _gguf_values(gguf)
+    tokens, scores, types = (value(f"tokenizer.ggml.{k}") for k in ("tokens", "scores",
+                                                                    "token_type"))
+    unk = value("tokenizer.ggml.unknown_token_id")
     model = spm.ModelProto()
     spec = model.trainer_spec
     spec.model_type, spec.vocab_size, spec.byte_fallback = spm.TrainerSpec.BPE, len(tokens), True
     spec.split_by_whitespace = False  # llama.cpp merges across spaces too
     for key in ("unk", "bos", "eos", "pad"):
         name = "unknown" if key == "unk" else ("padding" if key == "pad" else key)
-        setattr(spec, f"{key}_id", fields[f"tokenizer.ggml.{name}_token_id"].contents())
+        setattr(spec, f"{key}_id", value(f"tokenizer.ggml.{name}_token_id"))
     model.normalizer_spec.name = "identity"
     model.normalizer_spec.add_dummy_prefix = False
     model.normalizer_spec.remove_extra_whitespaces = False
@@ -225,6 +208,24 @@ def write_sentencepiece_model(gguf: Path, path: Path) -> Path:
     user = {t: i for i, (t, k) in enumerate(zip(tokens, types, strict=True)) if k == 4}
     (path.parent / "added_tokens.json").write_text(json.dumps(user, ensure_ascii=False))
     return path
+
+
+def _gguf_values(gguf: Path):
+    """value(key, default=None): a GGUF field's contents, arrays (the vocabulary) included."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    return lambda key, default=None: fields[key].contents() if key in fields else default
+
+
+def _add_gguf_tokens(backend, tokens: list[str], types: list[int]) -> None:
+    # GGUF token types: 3 control (special, never split), 4 user-defined (kept whole)
+    from tokenizers import AddedToken
+
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                for t, k in zip(tokens, types, strict=True) if k == 3])
+    backend.add_tokens([AddedToken(t, normalized=False)
+                        for t, k in zip(tokens, types, strict=True) if k == 4])
 
 
 def _cached_checkpoint(target: Path, build, progress, duration: str) -> Path:
@@ -409,10 +410,11 @@ def load_model(name_or_path=None, max_seq_length: int | None = None,
     import torch
 
     from .chat import ChatFormat, detect_chat_format, get_chat_format, install_chat_template
+    from .llamacpp import check_architecture
 
     source = _check_source(str(embedded_base() if name_or_path is None else name_or_path))
-    if Path(source).is_dir():
-        refuse_unexportable(json.loads((Path(source) / "config.json").read_text()), source)
+    if Path(source).is_dir():  # a local checkpoint before the slow load, a Hub one after it
+        check_architecture(json.loads((Path(source) / "config.json").read_text()), source)
     backend = _resolve_backend(backend)
     cuda = torch.cuda.is_available()
     if max_seq_length is None:
@@ -449,7 +451,7 @@ def load_model(name_or_path=None, max_seq_length: int | None = None,
             raise ModelError(f"cannot load the checkpoint in {source}: {err}. Fix: check that "
                              "save_pretrained() wrote it completely, or save it again") from err
         raise
-    refuse_unexportable(model.config.to_dict(), source)
+    check_architecture(model.config.to_dict(), source)
     model.lorahelpers_backend = backend
     model.lorahelpers_max_seq_length = max_seq_length
     tokenizer.model_max_length = max_seq_length
@@ -465,34 +467,6 @@ def load_model(name_or_path=None, max_seq_length: int | None = None,
             print(f"chat_format='auto': {fmt.name} ({detect_chat_format(tokenizer)[1]})")
         install_chat_template(tokenizer, fmt)
     return model, tokenizer
-
-
-def refuse_unexportable(config: dict, where) -> None:
-    """Raise UnsupportedArchitectureError, before any training, when llama.cpp's converter
-    cannot take the architecture named in a model config (checked when the converter is cached;
-    without it nothing is known yet, and export says so later).
-
-    >>> refuse_unexportable({"architectures": ["OPTForCausalLM"]}, "facebook/opt-125m")  # doctest: +SKIP
-    Traceback (most recent call last):
-    UnsupportedArchitectureError: facebook/opt-125m: architecture 'OPTForCausalLM' is not ...
-    """
-    arches = config.get("architectures") or (config.get("text_config") or {}).get(
-        "architectures") or []
-    if not arches:
-        return
-    from .llamacpp import (
-        converter_dir,
-        converter_is_cached,
-        llama_cpp_version,
-        supported_architectures,
-        unsupported_architecture,
-    )
-
-    if not converter_is_cached():
-        return
-    known = supported_architectures(converter_dir())
-    if known is not None and arches[0] not in known:
-        raise unsupported_architecture(arches[0], where, llama_cpp_version())
 
 
 def _load_transformers(source: str, torch_dtype, cuda: bool, load_in_4bit: bool | None):
@@ -559,8 +533,6 @@ def save_adapter(model, tokenizer, path, info: dict | None = None) -> Path:
 
     >>> save_adapter(model, tokenizer, "outputs/adapter")  # doctest: +SKIP
     """
-    import json
-
     target = Path(path)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -578,21 +550,13 @@ def load_adapter(adapter_dir, base=None, **load_kwargs):
 
     >>> model, tokenizer = load_adapter("outputs/adapter")  # doctest: +SKIP
     """
-    import json
-
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from .merge import read_adapter
+
     adapter_dir = Path(adapter_dir)
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise ModelError(f"{adapter_dir} is not a LoRA adapter: {config_file.name} is missing. "
-                         "Fix: point to the 'adapter' directory that train() wrote.")
-    if base is None:
-        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ModelError(f"{config_file} names no base model. Fix: pass base=...")
-    model, _ = load_model(base, **load_kwargs)
+    model, _ = load_model(read_adapter(adapter_dir, base, ModelError).base, **load_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     with warnings.catch_warnings():  # peft still asks for a renamed transformers attribute
         warnings.simplefilter("ignore", FutureWarning)
@@ -604,7 +568,5 @@ def load_adapter(adapter_dir, base=None, **load_kwargs):
 
 def adapter_info(adapter_dir) -> dict:
     """What train() recorded beside an adapter (base, chat format, settings, steps)."""
-    import json
-
     path = Path(adapter_dir) / ADAPTER_INFO
     return json.loads(path.read_text()) if path.is_file() else {}

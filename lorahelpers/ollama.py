@@ -26,13 +26,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OllamaError, SettingsError
-from .llamacpp import check_gguf
-from .modelfile import (  # noqa: F401
-    check_parameters,
+from .errors import ExportError, OllamaError, SettingsError
+from .llamacpp import check_gguf, gguf_metadata
+from .modelfile import (
     model_parameters,
     ollama_rules,
-    render_modelfile,
     version_tuple,
     write_modelfile,
 )
@@ -145,17 +143,12 @@ def sha256_file(path: Path) -> str:
 
 
 def _gguf_metadata(path: Path) -> dict:
-    """general.type (as Ollama reads it) and tokenizer.chat_template of a GGUF, or {} when
-    this gguf reader cannot read the file (the checks that use them are advisory)."""
+    """llamacpp.gguf_metadata with general.type as Ollama reads it ("model" when absent), or
+    {} when the header cannot be read (the checks that use it are advisory)."""
     try:
-        from gguf import GGUFReader
-
-        fields = GGUFReader(path).fields
-    except Exception:
+        return {"general.type": "model", **gguf_metadata(path)}
+    except ExportError:
         return {}
-    meta = {k: fields[k].contents() for k in ("general.type", "tokenizer.chat_template")
-            if k in fields}
-    return {"general.type": "model", **meta}
 
 
 def _upload(client, url: str, path: Path, progress) -> str:

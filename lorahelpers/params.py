@@ -12,9 +12,8 @@ from pathlib import Path
 
 from lorahelpers.errors import SettingsError
 from lorahelpers.quants import QUANTS
-from lorahelpers.runtime import (  # noqa: F401 - EMBEDDED and GPU_MODEL are read from here too
+from lorahelpers.runtime import (
     EMBEDDED,
-    GPU_MODEL,
     PRECISIONS,
     RuntimeReport,
     machine_defaults,

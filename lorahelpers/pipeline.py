@@ -1,6 +1,7 @@
 """The notebooks' steps, one call per cell: data -> score before -> train -> score after ->
-export -> verify -> score the GGUF files -> Ollama. lorahelpers.demo runs them all on the
-embedded model."""
+export (merge, GGUF, verify, Modelfile) -> score the GGUF files -> Ollama. lorahelpers.runner
+runs them one after the other for the demo and the train command; the scoring steps are in
+lorahelpers.inference and lorahelpers.heldout."""
 
 from __future__ import annotations
 
@@ -10,19 +11,60 @@ from pathlib import Path
 
 from lorahelpers.params import Params
 
+# Held-out prompts each export is verified on (logits and greedy answers).
+VERIFY_PROMPTS = 4
+
 
 @dataclass
 class DataBundle:
-    """Training and held-out conversations, with the loader's reports."""
+    """Training and held-out conversations, with the loader's reports. Shows the reports, the
+    first rows as questions and answers, and the counts.
+
+    >>> DataBundle(train=[[{"role": "user", "content": "Hi"},
+    ...                    {"role": "assistant", "content": "Yo"}]], eval=[], report="1 row")
+    1 row
+    <BLANKLINE>
+    Question: Hi
+    Answer:   Yo
+    <BLANKLINE>
+    1 rows to learn from, 0 held-out rows to test with.
+    """
 
     train: list
     eval: list
     report: object
     eval_report: object | None = None
+    template: str | None = None  # tables: the column-merge template and the answer column
+    output_column: str | None = None
+
+    def prompts(self, n: int = VERIFY_PROMPTS) -> list[list[dict]]:
+        """The first n held-out rows (training rows when none are held out) without their
+        answers: the prompts an export is verified on."""
+        return [list(row[:-1]) for row in (self.eval or self.train)[:n]]
+
+    def _lines(self, n: int = 3) -> list[str]:
+        lines = []
+        if self.template is not None:
+            lines += [f"Template: {self.template}", f"Answer column: {self.output_column}", ""]
+        for conversation in self.train[:n]:
+            lines += [f"Question: {conversation[-2]['content']}",
+                      f"Answer:   {conversation[-1]['content']}", ""]
+        lines.append(f"{len(self.train)} rows to learn from, {len(self.eval)} held-out rows to "
+                     "test with.")
+        return lines
+
+    def __repr__(self) -> str:
+        reports = [str(r) for r in (self.report, self.eval_report) if r is not None]
+        return "\n\n".join(reports + ["\n".join(self._lines())])
+
+    def _repr_html_(self) -> str:
+        reports = [r._repr_html_() if hasattr(r, "_repr_html_") else f"<pre>{html.escape(str(r))}</pre>"
+                   for r in (self.report, self.eval_report) if r is not None]
+        return "".join(reports) + f"<pre>{html.escape(chr(10).join(self._lines()))}</pre>"
 
 
-def prepare_data(params: Params, template: str | None = None, output_column: str | None = None,
-                 sheet=None, eval_sheet=None) -> DataBundle:
+def prepare_data(params: Params, *, template: str | None = None,
+                 output_column: str | None = None, sheet=None, eval_sheet=None) -> DataBundle:
     """Conversations from params.data (and params.eval_data or params.eval_sheet, else a
     seeded split of eval_size rows). Tables need a column-merge `template` and an
     `output_column`; arguments left None come from the same-named params fields.
@@ -48,10 +90,11 @@ def prepare_data(params: Params, template: str | None = None, output_column: str
         held_out, eval_report = to_conversations(params.data, sheet=eval_sheet, **kwargs)
     else:
         train, held_out = split(train, params.eval_size, seed=params.seed)
-    return DataBundle(train, held_out[: params.eval_size], report, eval_report)
+    return DataBundle(train, held_out[: params.eval_size], report, eval_report,
+                      template, output_column if template is not None else None)
 
 
-def preview_training(params: Params, data: DataBundle, tokenizer, chat_format,
+def preview_training(params: Params, data: DataBundle, tokenizer, chat_format, *,
                      rows: int = 3):
     """What training will see, before it starts: the first training rows as the model sees
     them with the tokens that carry the loss marked, the token lengths of the rows the run
@@ -61,17 +104,22 @@ def preview_training(params: Params, data: DataBundle, tokenizer, chat_format,
     >>> preview_training(params, data, tokenizer, chat_format)  # doctest: +SKIP
     """
     from lorahelpers.preview import training_preview
+    from lorahelpers.runtime import machine_defaults, runtime_report
     from lorahelpers.training import TrainSettings, rows_for_run
 
     reached = rows_for_run(data.train, TrainSettings(
         max_steps=params.max_steps, batch_size=params.batch_size, grad_accum=params.grad_accum,
         seed=params.seed))
-    return training_preview(reached, tokenizer, chat_format, params.max_seq_length or 2048,
-                            data.report, rows, rows_total=len(data.train))
+    length = params.max_seq_length or machine_defaults(runtime_report().cuda)["max_seq_length"]
+    return training_preview(reached, tokenizer, chat_format, length, data.report, rows,
+                            rows_total=len(data.train))
 
 
 def load(params: Params):
-    """(model, tokenizer, chat_format) for params, the ChatFormat installed in the tokenizer."""
+    """(model, tokenizer, chat_format) for params, the ChatFormat installed in the tokenizer.
+
+    >>> model, tokenizer, chat_format = load(params)  # doctest: +SKIP
+    """
     from lorahelpers.chat import get_chat_format
     from lorahelpers.models import load_model
 
@@ -83,6 +131,11 @@ def load(params: Params):
 
 
 def train_settings(params: Params, **overrides):
+    """training.TrainSettings from params (None fields take the device default), the keep
+    folder included; `overrides` are TrainSettings fields.
+
+    >>> train_settings(params, output_dir="outputs/run/tagger").max_steps  # doctest: +SKIP
+    """
     from lorahelpers.keep import keep_folder
     from lorahelpers.training import TrainSettings
 
@@ -98,79 +151,39 @@ def train_settings(params: Params, **overrides):
 
 
 def lora_settings(params: Params):
+    """models.LoraSettings from params (rank, alpha, seed)."""
     from lorahelpers.models import LoraSettings
 
     return LoraSettings(r=params.lora_r, alpha=params.lora_alpha, seed=params.seed)
 
 
-# Without GPU offload llama.cpp scores a 3B q4_k_m GGUF on Colab's 2 CPU threads at a few
-# tokens per second: 40 held-out Alpaca answers of up to 64 tokens would take 20-35 minutes.
-GGUF_ROWS_WITHOUT_OFFLOAD = 8
+def train_adapter(model, tokenizer, data: DataBundle, chat_format, params: Params, **settings):
+    """Add LoRA to `model` (params.lora_r, lora_alpha) and train it on data.train, held-out loss
+    on data.eval: (the model with its adapter, training.TrainResult). `settings` are
+    TrainSettings fields (resume=True continues from the last checkpoint, output_dir=...).
+    Interrupting it keeps the adapter trained so far.
 
-
-@dataclass(frozen=True)
-class ScoringPlan:
-    """How GGUF files are scored on this runtime: how many held-out rows, on which device."""
-
-    rows: int
-    n_gpu_layers: int
-    note: str
-
-
-def gguf_scoring_plan(cuda: bool, offload: bool, n_rows: int) -> ScoringPlan:
-    """Score every held-out row, on the GPU where llama.cpp can offload there; on a GPU runtime
-    whose llama.cpp is a CPU build, only the first GGUF_ROWS_WITHOUT_OFFLOAD rows (the model that
-    was trained on the GPU is too slow for the runtime's CPU).
-
-    >>> gguf_scoring_plan(cuda=True, offload=False, n_rows=40).rows
-    8
+    >>> model, result = train_adapter(model, tokenizer, data, chat_format, params)  # doctest: +SKIP
     """
-    if cuda and offload:
-        return ScoringPlan(n_rows, -1, "all layers on the GPU (llama.cpp CUDA build)")
-    if cuda and n_rows > GGUF_ROWS_WITHOUT_OFFLOAD:
-        return ScoringPlan(GGUF_ROWS_WITHOUT_OFFLOAD, 0,
-                           f"first {GGUF_ROWS_WITHOUT_OFFLOAD} of {n_rows} held-out rows: this "
-                           "llama.cpp build runs on the CPU only (install its CUDA wheel to "
-                           "score them all)")
-    return ScoringPlan(n_rows, 0, "on the CPU")
+    from lorahelpers.models import add_lora
+    from lorahelpers.training import train
+
+    model = add_lora(model, lora_settings(params))
+    result = train(model, tokenizer, data.train, data.eval, chat_format,
+                   train_settings(params, **settings))
+    return model, result
 
 
-def free_torch_memory() -> str:
-    """Return the GPU memory PyTorch no longer uses to the driver, so that llama.cpp and Ollama
-    can have it; call it after `del model`. A one-line report; nothing to do on CPU.
+def try_row(model, tokenizer, row, chat_format, *, max_new_tokens: int = 64) -> str:
+    """Ask the model one held-out row's question: prints the question and the expected answer,
+    then streams the model's answer, which it returns.
 
-    >>> del model; print(free_torch_memory())  # doctest: +SKIP
-    GPU memory held by PyTorch: 9.8 GB -> 0.1 GB
+    >>> try_row(model, tokenizer, data.eval[0], chat_format)  # doctest: +SKIP
     """
-    import gc
+    from lorahelpers.inference import generate
 
-    import torch
-
-    gc.collect()
-    if not torch.cuda.is_available():
-        return "CPU runtime: nothing to free on a GPU"
-    before = torch.cuda.memory_reserved() / 1e9
-    torch.cuda.empty_cache()
-    return f"GPU memory held by PyTorch: {before:.1f} GB -> {torch.cuda.memory_reserved() / 1e9:.1f} GB"
-
-
-def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
-                max_new_tokens: int = 64, progress=print) -> dict:
-    """evaluate_gguf for each exported file, planned for this runtime (gguf_scoring_plan):
-    {quant: EvalReport}. On a GPU, call it after `del model; free_torch_memory()`.
-
-    >>> score_ggufs(export.ggufs, data.eval, fmt, tokenizer)["q8_0"].score  # doctest: +SKIP
-    """
-    from lorahelpers.inference import evaluate_gguf
-    from lorahelpers.llamacpp import import_llama_cpp
-    from lorahelpers.runtime import runtime_report
-
-    offload = bool(import_llama_cpp().llama_supports_gpu_offload())
-    plan = gguf_scoring_plan(runtime_report().cuda, offload, len(eval_rows))
-    progress(f"Scoring {len(ggufs)} GGUF file(s) with llama.cpp: {plan.note}")
-    return {q: evaluate_gguf(path, eval_rows[: plan.rows], chat_format, tokenizer, scorer,
-                             max_new_tokens, n_gpu_layers=plan.n_gpu_layers)
-            for q, path in ggufs.items()}
+    print(f"Q: {row[-2]['content']}\nExpected: {row[-1]['content']}\nModel:    ", end="")
+    return generate(model, tokenizer, list(row[:-1]), chat_format, max_new_tokens=max_new_tokens)
 
 
 @dataclass
@@ -185,6 +198,12 @@ class ExportBundle:
     # the GGUF files were verified against (for information, not part of all_verified).
     quantized_gap: object | None = None
     stop_audit: object | None = None  # stops.StopAudit of the merged checkpoint, GGUFs, Modelfile
+    modelfile: Path | None = None  # next to the first GGUF, which it registers
+
+    @property
+    def gguf(self) -> Path:
+        """The first GGUF (of params.quants[0]): the one the Modelfile and Ollama use."""
+        return next(iter(self.ggufs.values()))
 
     @property
     def all_verified(self) -> bool:
@@ -199,6 +218,8 @@ class ExportBundle:
             parts.append(f"{self.GAP_TITLE}:\n{self.quantized_gap}")
         if self.stop_audit is not None:
             parts.append(self.stop_audit.summary())
+        if self.modelfile is not None:
+            parts.append(f"Modelfile: {self.modelfile}")
         return "\n\n".join(parts)
 
     def _repr_html_(self) -> str:
@@ -208,46 +229,62 @@ class ExportBundle:
             body += f"<h4>{html.escape(self.GAP_TITLE)}</h4>" + self.quantized_gap._repr_html_()
         if self.stop_audit is not None:
             body += self.stop_audit._repr_html_()
+        if self.modelfile is not None:
+            body += f"<p>Modelfile: <code>{html.escape(str(self.modelfile))}</code></p>"
         return body
 
 
-def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name, quants,
-                      prompts, progress=print) -> ExportBundle:
-    """Merge the adapter into its 16-bit base, write one GGUF per quant type, and verify each
-    against `model` (the PEFT model in memory) on `prompts` (message lists).
+def preflight(model, quants, out_dir, progress=print) -> None:
+    """Check the disk (and, on a GPU, the memory) that merging and writing `quants` from
+    `model`'s base needs in out_dir, before anything is written; an ExportError says what is
+    short and how to free it.
+
+    >>> preflight(model, ["q8_0"], "outputs/alpaca")  # doctest: +SKIP
+    Export needs about 0.6 GB of disk: checked.
+    """
+    from lorahelpers.export import base_parameter_count, export_needs, preflight_export
+    from lorahelpers.models import is_4bit
+
+    params, largest = base_parameter_count(model)
+    needs = export_needs(params, quants, largest, download_base=is_4bit(model))
+    preflight_export(needs, Path(out_dir))
+    progress(f"Export needs about {needs.disk_bytes / 1e9:.1f} GB of disk: checked.")
+
+
+def export_and_verify(model, tokenizer, adapter_dir, chat_format, *, out_dir, name, quants,
+                      prompts, system: str | None = None, max_seq_length: int | None = None,
+                      keep_dir=None, progress=print) -> ExportBundle:
+    """Merge the adapter into its 16-bit base, write one GGUF per quant type and the Modelfile
+    (next to the first GGUF), verify each GGUF against `model` (the PEFT model in memory) on
+    `prompts` (message lists), and copy the GGUFs and the Modelfile to `keep_dir` (Google
+    Drive), if given.
 
     A model trained over 4-bit base weights (QLoRA, Unsloth's bnb-4bit) differs from any
     16-bit export by the base's rounding, so there each GGUF is verified against the merged
     16-bit checkpoint it was made from (what it must equal), and the 4-bit model's distance
     from that checkpoint is reported separately (`quantized_gap`).
 
-    >>> bundle = export_and_verify(model, tok, result.adapter_dir, fmt, "out", "m", ["q8_0"],
-    ...                            prompts)  # doctest: +SKIP
+    >>> bundle = export_and_verify(model, tok, result.adapter_dir, fmt, out_dir="out", name="m",
+    ...                            quants=["q8_0"], prompts=data.prompts())  # doctest: +SKIP
     """
-    from lorahelpers.export import (
-        base_parameter_count,
-        export_gguf,
-        export_needs,
-        preflight_export,
-    )
+    from lorahelpers.export import export_gguf
+    from lorahelpers.keep import keep
     from lorahelpers.merge import merge_lora
-    from lorahelpers.modelfile import render_modelfile
+    from lorahelpers.modelfile import render_modelfile, write_modelfile
     from lorahelpers.models import is_4bit
     from lorahelpers.stops import audit_stops
     from lorahelpers.verify import load_reference, verify
 
     out = Path(out_dir)
-    params, largest = base_parameter_count(model)
-    needs = export_needs(params, quants, largest, download_base=is_4bit(model))
-    preflight_export(needs, out)
-    progress(f"Export needs about {needs.disk_bytes / 1e9:.1f} GB of disk: checked.")
+    preflight(model, quants, out, progress)
     merged = merge_lora(adapter_dir, out / "merged", chat_format=chat_format, progress=progress)
     progress(merged.summary())
     ggufs = export_gguf(out / "merged", out / "gguf", name, tuple(quants), progress=progress)
     bundle = ExportBundle(out / "merged", ggufs)
-    bundle.stop_audit = audit_stops(  # the Modelfile as write_modelfile will write it
+    modelfile_args = {"system": system, "max_seq_length": max_seq_length}
+    bundle.stop_audit = audit_stops(  # the Modelfile as write_modelfile writes it
         tokenizer, chat_format, checkpoint=out / "merged", ggufs=list(ggufs.values()),
-        stops=render_modelfile(next(iter(ggufs.values())), chat_format),
+        stops=render_modelfile(bundle.gguf, chat_format, **modelfile_args),
         stage="at export").raise_if_failed()  # shown with the verification (str(bundle))
     reference = model
     if is_4bit(model):
@@ -259,144 +296,49 @@ def export_and_verify(model, tokenizer, adapter_dir, chat_format, out_dir, name,
     for quant, path in ggufs.items():
         progress(f"Verifying {path.name} against {bundle.reference}...")
         bundle.reports[quant] = verify(path, reference, tokenizer, prompts, quant=quant)
+    bundle.modelfile = write_modelfile(bundle.gguf, chat_format, **modelfile_args)
+    for path in (*ggufs.values(), bundle.modelfile):  # now, before the longer steps that follow
+        keep(path, keep_dir, root=out)
     return bundle
 
 
-def register_or_skip(name, gguf, chat_format, system=None, host=None, progress=print,
-                     max_seq_length=None, adapter=None, merged=None):
+@dataclass
+class Registration:
+    """What register_or_skip did: `info` (what Ollama's /api/show reports) or None when
+    skipped, and one line saying how."""
+
+    name: str
+    info: dict | None
+    status: str
+
+    @property
+    def registered(self) -> bool:
+        return self.info is not None
+
+    def __repr__(self) -> str:
+        return self.status
+
+
+def register_or_skip(name, gguf, chat_format, *, system=None, host=None, progress=print,
+                     max_seq_length=None, adapter=None, merged=None,
+                     start_server: bool = False) -> Registration:
     """Register with Ollama (lorahelpers.ollama.register, `adapter` and `merged` included) when
-    a server answers: (what register returns, one line saying how); else (None, the reason).
+    a server answers, else skip and say why. With start_server (on Colab), start one first
+    (installing Ollama when missing).
 
-    >>> info, status = register_or_skip("my-model", gguf, fmt)  # doctest: +SKIP
-    >>> status  # doctest: +SKIP
-    "registered as 'my-model' (model) with Ollama 0.12.6"
+    >>> print(register_or_skip("my-model", gguf, fmt))  # doctest: +SKIP
+    registered as 'my-model' (model) with Ollama 0.12.6
     """
-    from lorahelpers.ollama import register, server_available
+    from lorahelpers import ollama
 
-    version = server_available(host)
+    if start_server:
+        ollama.start_server(install=True, host=host)
+    version = ollama.server_available(host)
     if version is None:
-        return None, ("skipped: no Ollama server answers (start one with `ollama serve`, or "
-                      "lorahelpers.ollama.start_server(install=True) on Colab)")
-    info = register(name, gguf, chat_format, host=host, system=system, progress=progress,
-                    max_seq_length=max_seq_length, adapter=adapter, merged=merged)
-    return info, f"registered as {name!r} ({info['registration']}) with Ollama {version}"
-
-
-def merged_gguf(adapter_dir, base_dir, out_dir, name, quant, chat_format,
-                progress=print) -> Path:
-    """The adapter merged into the base checkpoint `base_dir` (out_dir/<name>-merged), written
-    as one GGUF of type `quant` into out_dir/gguf: what Ollama 0.34.1 and later register in
-    place of an adapter layer (pass it to register_or_skip as merged=).
-
-    >>> merged_gguf(run.adapter_dir, base_dir, "out", "tagger", "q8_0", fmt)  # doctest: +SKIP
-    PosixPath('out/gguf/tagger-merged-q8_0.gguf')
-    """
-    from lorahelpers.export import export_gguf
-    from lorahelpers.merge import merge_lora
-
-    out = Path(out_dir)
-    merged = merge_lora(adapter_dir, out / f"{name}-merged", base_dir=base_dir,
-                        chat_format=chat_format, progress=progress)
-    return export_gguf(merged.out_dir, out / "gguf", f"{name}-merged", (quant,),
-                       progress=progress)[quant]
-
-
-# ---- the table notebook --------------------------------------------------------------------
-
-
-def use_upload(params: Params, uploaded) -> tuple[Params, str]:
-    """params reading an uploaded file (what Colab's files.upload() or an ipywidgets
-    FileUpload's .value holds), saved under output_dir/uploads, with no separate held-out
-    file; unchanged when nothing was uploaded. Returns the params and a line saying which.
-
-    >>> params, note = use_upload(params, {})  # doctest: +SKIP
-    >>> note  # doctest: +SKIP
-    'No file uploaded: using the sample data/table.xlsx'
-    """
-    from lorahelpers.data import save_upload
-
-    path = save_upload(uploaded, Path(params.output_dir) / "uploads")
-    if path is None:
-        return params, f"No file uploaded: using the sample {params.data}"
-    return params.replace(data=str(path), eval_data=None), f"Using your file: {path}"
-
-
-def choose_sheets(params: Params) -> tuple[Params, str]:
-    """params with sheet and eval_sheet that exist in the workbook params.data: a missing
-    training sheet becomes the one load_table reads by default (the first, or the only sheet
-    with a table when the first is empty or a cover page), a missing held-out sheet none
-    (eval_size rows are then set aside at random); a file without sheets gets neither.
-    Returns the params and a few lines saying which rows are used.
-
-    >>> params, note = choose_sheets(default_params("table"))  # doctest: +SKIP
-    >>> print(note)  # doctest: +SKIP
-    Sheets in the workbook: orders, held_out
-    Rows to learn from: orders. Held-out rows: held_out.
-    """
-    from lorahelpers.data import sheet_names
-    from lorahelpers.workbook import default_sheet
-
-    sheets = sheet_names(params.data)
-    lines = []
-    sheet, eval_sheet = params.sheet, params.eval_sheet
-    if not sheets:
-        sheet = eval_sheet = None
-    else:
-        lines.append("Sheets in the workbook: " + ", ".join(sheets))
-        if sheet not in sheets:
-            first, note = default_sheet(params.data)
-            if sheet:
-                lines.append(f"No sheet {sheet!r} here: using " + (
-                    f"the first sheet, {first!r}." if first == sheets[0] else f"{first!r}."))
-            lines += [note[0].upper() + note[1:] + "."] if note else []
-            sheet = first
-        if eval_sheet and eval_sheet not in sheets:
-            lines.append(f"No held-out sheet {eval_sheet!r} here: setting "
-                         f"{params.eval_size} rows aside at random instead.")
-            eval_sheet = None
-    held_out = eval_sheet or f"{params.eval_size} rows set aside at random"
-    lines.append(f"Rows to learn from: {sheet or Path(params.data).name}. "
-                 f"Held-out rows: {held_out}.")
-    return params.replace(sheet=sheet, eval_sheet=eval_sheet), "\n".join(lines)
-
-
-# ---- the two-adapter notebook --------------------------------------------------------------
-
-
-def two_adapter_params(runtime=None, env=None) -> Params:
-    """The two-adapter notebook's parameters: the tagger's data (the namer's: namer_params),
-    20 held-out rows per task scored by exact match, 60 steps per adapter and a q8_0 base GGUF
-    on a GPU (24 steps and f16 on CPU). A LORAHELPERS_<FIELD> variable still overrides each.
-
-    >>> two_adapter_params(env={"LORAHELPERS_MAX_STEPS": "5"}).max_steps  # doctest: +SKIP
-    5
-    """
-    import os
-
-    from lorahelpers.params import DATA_DIR, ENV_PREFIX, default_params
-    from lorahelpers.runtime import runtime_report
-
-    runtime = runtime or runtime_report()
-    env = os.environ if env is None else env
-    mine = {"data": str(DATA_DIR / "alpaca_train.jsonl"),  # tagger: review -> POS / NEG
-            "eval_data": str(DATA_DIR / "alpaca_eval.jsonl"),
-            "scorer": "exact", "eval_size": 20,
-            "max_steps": 60 if runtime.cuda else 24,
-            "quants": ("q8_0",) if runtime.cuda else ("f16",),  # the one base GGUF
-            "ollama_name": "lorahelpers-reviews",  # -> ...-tagger and ...-namer
-            "output_dir": "outputs/two_adapters"}
-    return default_params("alpaca", runtime=runtime, env=env,
-                          **{k: v for k, v in mine.items() if ENV_PREFIX + k.upper() not in env})
-
-
-def namer_params(params: Params) -> Params:
-    """params for the namer task (review -> product name): its own training and held-out
-    files, everything else shared with the tagger.
-
-    >>> namer_params(params).data  # doctest: +SKIP
-    '.../data/extract_train.jsonl'
-    """
-    from lorahelpers.params import DATA_DIR
-
-    return params.replace(data=str(DATA_DIR / "extract_train.jsonl"),
-                          eval_data=str(DATA_DIR / "extract_eval.jsonl"))
+        return Registration(name, None, (
+            "skipped: no Ollama server answers (start one with `ollama serve`, or "
+            "lorahelpers.ollama.start_server(install=True) on Colab)"))
+    info = ollama.register(name, gguf, chat_format, host=host, system=system, progress=progress,
+                           max_seq_length=max_seq_length, adapter=adapter, merged=merged)
+    return Registration(name, info, f"registered as {name!r} ({info['registration']}) with "
+                                    f"Ollama {version}")

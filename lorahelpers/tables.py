@@ -26,15 +26,13 @@ from pathlib import Path
 import pandas as pd
 
 from lorahelpers.atomic import write_atomic
-from lorahelpers.cells import render_value
 from lorahelpers.datareport import DataReport
 from lorahelpers.delimited import decode, read_delimited
 from lorahelpers.errors import DataError
 from lorahelpers.header import check_header, filled, find_header
-from lorahelpers.workbook import read_sheet, sheet_names
+from lorahelpers.workbook import read_sheet
 
-__all__ = ["DataError", "DataReport", "SUFFIXES", "empty_words", "load_table", "render_value",
-           "save_upload", "sheet_names"]
+__all__ = ["DataError", "DataReport", "SUFFIXES", "empty_words", "load_table", "save_upload"]
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".xlsx", ".parquet")
 

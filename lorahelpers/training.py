@@ -164,6 +164,12 @@ class TrainResult:
         losses = [v for v in self.history.column("loss") if v is not None]
         return losses[-1] if losses else None
 
+    def __repr__(self) -> str:
+        loss = "" if self.final_loss is None else f", loss {self.final_loss:.4g}"
+        stopped = " (interrupted)" if self.interrupted else ""
+        return (f"{self.steps} of {self.max_steps} steps in {self.elapsed_s:.0f} s{loss}"
+                f"{stopped}; adapter in {self.adapter_dir}")
+
 
 # ---- the trainer ---------------------------------------------------------------------------
 

@@ -299,8 +299,10 @@ class _TorchRunner:
     def logits(self, ids: list[int]) -> np.ndarray:
         import torch
 
+        from lorahelpers.inference import eval_mode
+
         device = next(self.model.parameters()).device
-        with torch.no_grad(), _eval_mode(self.model):
+        with eval_mode(self.model):
             out = self.model(input_ids=torch.tensor([ids], device=device)).logits[0]
         return out.float().cpu().numpy()
 
@@ -316,10 +318,12 @@ class _TorchRunner:
         import torch
         from transformers import GenerationConfig
 
+        from lorahelpers.inference import eval_mode
+
         device = next(self.model.parameters()).device
         config = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=sorted(eos),
                                   pad_token_id=min(eos) if eos else 0)
-        with torch.no_grad(), _eval_mode(self.model):
+        with eval_mode(self.model):
             out = self.model.generate(input_ids=torch.tensor([ids], device=device),
                                       attention_mask=torch.ones(1, len(ids), dtype=torch.long,
                                                                 device=device),
@@ -328,17 +332,6 @@ class _TorchRunner:
 
     def close(self) -> None:
         pass
-
-
-class _eval_mode:
-    def __init__(self, model):
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self):
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
 
 
 def load_reference(checkpoint_dir):

@@ -70,14 +70,16 @@ def run(backend: str, out: str) -> dict:
 
 def export_checks(model, tokenizer, adapter_dir, held_out, out) -> dict:
     from lorahelpers.chat import get_chat_format
+    from lorahelpers.heldout import gguf_scoring_plan
     from lorahelpers.inference import evaluate_gguf
-    from lorahelpers.pipeline import export_and_verify, free_torch_memory, gguf_scoring_plan
+    from lorahelpers.pipeline import export_and_verify
+    from lorahelpers.runtime import free_torch_memory
     from lorahelpers.verify import verify
 
     fmt = get_chat_format("chatml", eos=tokenizer.eos_token)
     prompts = [row[:-1] for row in held_out[:4]]
-    bundle = export_and_verify(model, tokenizer, adapter_dir, fmt, out, "check", ["q8_0"],
-                               prompts, progress=lambda s: None)
+    bundle = export_and_verify(model, tokenizer, adapter_dir, fmt, out_dir=out, name="check",
+                               quants=["q8_0"], prompts=prompts, progress=lambda s: None)
     q8 = bundle.reports["q8_0"]
     direct = verify(bundle.ggufs["q8_0"], model, tokenizer, prompts, quant="q8_0")
     gap = bundle.quantized_gap

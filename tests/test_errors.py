@@ -2,6 +2,7 @@
 message ends with a fix, and the command line prints it without a traceback."""
 
 import ast
+import builtins
 import importlib
 import inspect
 import os
@@ -24,11 +25,34 @@ from lorahelpers.errors import (
 
 PACKAGE = Path(lorahelpers.__file__).parent
 ROOT = PACKAGE.parent
-# TypeError is left out: a value of the wrong Python type is a programming mistake, shown with
-# its traceback.
-BUILTIN = {"ValueError", "RuntimeError", "FileNotFoundError", "FileExistsError", "OSError",
-           "PermissionError", "IsADirectoryError", "NotADirectoryError", "KeyError",
-           "IndexError", "LookupError", "Exception"}
+BUILTIN = {name for name, obj in vars(builtins).items()
+           if isinstance(obj, type) and issubclass(obj, BaseException)}
+
+# The built-in exceptions lorahelpers raises on purpose, each a bug, a caller's programming
+# mistake or a Python protocol, never a user's failure (that is a LorahelpersError with a fix).
+# Keyed "file:function Class", so edits elsewhere in a module do not move them.
+ALLOWED = {
+    "__main__.py:<module> SystemExit": "how `python -m lorahelpers` hands cli.main's exit status "
+                                       "to the shell",
+    "chat.py:get_chat_format TypeError": "a format that is not a str is a programming mistake",
+    "chat.py:_validate TypeError": "messages that are not a list are a programming mistake; "
+                                   "bad messages get a ChatFormatError",
+    "compare.py:AdapterView.__getattr__ AttributeError": "the __getattr__ protocol: the base "
+                                                         "view is not a PEFT model",
+    "keep.py:Keeper.__getattr__ AttributeError": "the __getattr__ protocol: a callback answers "
+                                                 "only on_* events",
+    "export.py:__getattr__ AttributeError": "the module __getattr__ protocol (PEP 562)",
+    "config.py:_as TypeError": "caught by convert(), which raises a ConfigError with the fix",
+    "llamacpp.py:_GGUFHeader.value ValueError": "caught by gguf_metadata(), which raises an "
+                                                "ExportError with the fix",
+    "llamacpp.py:_GGUFHeader.metadata ValueError": "the same",
+    "delimited.py:decode AssertionError": "unreachable (latin-1 decodes any bytes): a bug",
+    "training.py:train KeyboardInterrupt": "the user's own Ctrl-C, raised again after the "
+                                           "adapter is saved (TrainSettings.reraise_interrupt)",
+}
+# Expected failures still raised as built-ins, each being turned into a package error by its
+# module's owner: remove the line when it is.
+PENDING: dict[str, str] = {}
 
 
 def _modules():
@@ -65,18 +89,54 @@ def test_fix_is_appended_to_the_message():
 
 
 def _caught(node, name: str, parents: dict) -> bool:
-    """Whether a `raise name(...)` sits in a try block that catches `name` right there."""
+    """Whether a `raise name(...)` sits in the body of a try, in the same function, whose
+    handler catches the built-in `name` (or a base class of it, or everything)."""
     child = node
-    while child in parents:
+    while child in parents and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                      ast.Lambda, ast.ClassDef)):
         parent = parents[child]
         if isinstance(parent, ast.Try) and child in parent.body:
             for handler in parent.handlers:
                 types = handler.type.elts if isinstance(handler.type, ast.Tuple) \
                     else [handler.type]
-                if any(isinstance(t, ast.Name) and t.id == name for t in types):
+                if handler.type is None or any(
+                        isinstance(t, ast.Name) and t.id in BUILTIN
+                        and issubclass(getattr(builtins, name), getattr(builtins, t.id))
+                        for t in types):
                     return True
         child = parent
     return False
+
+
+def _where(node, parents: dict) -> str:
+    names = []
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+    return ".".join(reversed(names)) or "<module>"
+
+
+def builtin_raises(source: str, filename: str) -> list[str]:
+    """`file:line function Class` for each built-in exception `source` raises (`raise X`,
+    `raise X(...)`) or makes to raise elsewhere (`return X(...)`) that no try around it in the
+    same function catches. A name the module imports or defines is not the built-in."""
+    tree = ast.parse(source, filename)
+    parents = {c: p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+    own = {a.asname or a.name.split(".")[0] for n in ast.walk(tree)
+           if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    own |= {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Name) and node.id in BUILTIN - own):
+            continue
+        parent = parents[node]
+        made = isinstance(parent, ast.Call) and parent.func is node
+        if not (made or isinstance(parent, ast.Raise) and parent.exc is node):
+            continue
+        if not _caught(node, node.id, parents):
+            found.append(f"{filename}:{node.lineno} {_where(node, parents)} {node.id}")
+    return sorted(found, key=lambda site: int(site.split()[0].split(":")[1]))
 
 
 def _handler_names(node, parents: dict) -> set[str]:
@@ -101,9 +161,6 @@ def _raise_sites():
                     and node.func.id.endswith("Error")):
                 continue
             name = node.func.id
-            if name in BUILTIN and (not isinstance(parents[node], ast.Raise)
-                                    or _caught(node, name, parents)):
-                continue
             text = "".join(c.value for a in node.args[:1] for c in ast.walk(a)
                            if isinstance(c, ast.Constant) and isinstance(c.value, str))
             caught = _handler_names(node, parents)
@@ -113,12 +170,70 @@ def _raise_sites():
             yield f"{path.name}:{node.lineno}", name, text, has_fix
 
 
-def test_no_builtin_error_reaches_the_user():
-    # A ValueError or RuntimeError raised with a message is an expected failure: it gets a
-    # stage class, so the command line shows it without a traceback.
-    loose = [f"{place} {name}" for place, name, text, _ in _raise_sites()
-             if name in BUILTIN and text]
-    assert loose == []
+def test_the_raise_checker_finds_each_built_in_raise():
+    source = ("def load(path):\n"
+              "    if not path:\n"
+              "        raise FileNotFoundError(path)\n"
+              "    raise KeyError\n"
+              "def rows():\n"
+              "    try:\n"
+              "        return load(1)\n"
+              "    except ValueError:\n"
+              "        raise ValueError('no rows')\n"  # in the handler, not caught by it
+              "    except OSError:\n"
+              "        return Exception('empty')\n"  # made here, raised by the caller
+              "try:\n"
+              "    def stop():\n"
+              "        raise SystemExit(2)\n"  # the try around the def does not catch it
+              "except SystemExit:\n"
+              "    pass\n")
+    assert builtin_raises(source, "m.py") == [
+        "m.py:3 load FileNotFoundError", "m.py:4 load KeyError", "m.py:9 rows ValueError",
+        "m.py:11 rows Exception", "m.py:14 stop SystemExit"]
+
+
+def test_the_raise_checker_accepts_package_errors_re_raises_and_caught_built_ins():
+    source = ("from lorahelpers.errors import DataError\n"
+              "from requests import ConnectionError\n"
+              "class TimeoutError(DataError):\n"
+              "    pass\n"
+              "def f(x, err):\n"
+              "    try:\n"
+              "        if x:\n"
+              "            raise FileNotFoundError(x)\n"  # caught below as its base OSError
+              "        int(x) or float(x)\n"
+              "    except (KeyError, OSError):\n"
+              "        raise DataError('x', fix='y') from None\n"
+              "    except Exception:\n"
+              "        raise\n"
+              "    if isinstance(err, ValueError):\n"
+              "        raise err\n"
+              "    if x == 2:\n"
+              "        raise ConnectionError(x)\n"  # requests' class, not the built-in
+              "    raise TimeoutError(x)\n")  # the module's own class
+    assert builtin_raises(source, "m.py") == []
+
+
+def _builtin_raises() -> list[str]:
+    return [site for path in sorted(PACKAGE.glob("*.py"))
+            for site in builtin_raises(path.read_text(encoding="utf-8"), path.name)]
+
+
+def _key(site: str) -> str:
+    place, function, name = site.split()
+    return f"{place.split(':')[0]}:{function} {name}"
+
+
+def test_no_builtin_exception_reaches_the_user():
+    """Every exception lorahelpers raises is a LorahelpersError (the command line shows its
+    message and fix without a traceback), or a built-in one raised on a bug or a programming
+    mistake, listed in ALLOWED with why."""
+    assert [site for site in _builtin_raises() if _key(site) not in ALLOWED | PENDING] == []
+
+
+def test_every_allowed_builtin_raise_is_still_there():
+    made = {_key(site) for site in _builtin_raises()}
+    assert [key for key in [*ALLOWED, *PENDING] if key not in made] == []
 
 
 def test_every_message_ends_with_a_fix():

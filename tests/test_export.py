@@ -253,6 +253,43 @@ def test_not_a_gguf_is_named(tmp_path):
         gguf_metadata(fake)
 
 
+def test_gguf_metadata_reads_the_header_as_llama_cpp_does(tmp_path):
+    """The one reader of GGUF metadata (export, verify, Ollama registration): the header's
+    values as llama.cpp's own model metadata gives them (as text, arrays left out), also for
+    an adapter GGUF, which llama.cpp cannot load as a model."""
+    from lorahelpers.models import embedded_gguf
+    from tests.ollama_double import write_tiny_gguf
+
+    llama_cpp = llamacpp.import_llama_cpp()
+    with llamacpp.quiet_llama_logs():
+        llm = llama_cpp.Llama(str(embedded_gguf()), vocab_only=True, verbose=False)
+    try:
+        assert gguf_metadata(embedded_gguf()) == llm.metadata
+    finally:
+        llm.close()
+    adapter = write_tiny_gguf(tmp_path / "a.gguf", general_type="adapter", chat_template="{{ x }}")
+    assert gguf_metadata(adapter) == {"general.architecture": "llama", "general.type": "adapter",
+                                      "tokenizer.chat_template": "{{ x }}"}
+    cut = tmp_path / "cut.gguf"
+    with open(embedded_gguf(), "rb") as f:
+        cut.write_bytes(f.read(100_000))  # ends inside the vocabulary
+    with pytest.raises(ExportError, match=r"cut.gguf: its GGUF header cannot be read .*Fix: "):
+        gguf_metadata(cut)
+
+
+def test_architecture_is_checked_by_one_function_for_training_and_export(tmp_path):
+    from lorahelpers.llamacpp import check_architecture
+
+    conv = converter_dir(**QUIET)
+    config = {"text_config": {"architectures": ["FooForCausalLM"]}}
+    with pytest.raises(UnsupportedArchitectureError) as e:
+        check_architecture(config, "some/model", conv)
+    assert str(e.value).startswith("some/model: architecture 'FooForCausalLM' is not supported")
+    assert check_architecture({"architectures": ["LlamaForCausalLM"]}, "m", conv) == \
+        "LlamaForCausalLM"
+    assert check_architecture({}, "m", conv) is None  # the export says what is missing
+
+
 def test_bad_quant_and_name_are_rejected(tmp_path, embedded_path):
     with pytest.raises(ValueError, match="q4_k_m"):
         export_gguf(embedded_path, tmp_path, "m", ("q3_xs",), **QUIET)
@@ -265,7 +302,8 @@ def test_disk_space_is_checked_before_writing(tmp_path, embedded_path, monkeypat
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=100_000_000))
     with pytest.raises(ExportError, match="Not enough disk space") as e:
         export_gguf(embedded_path, tmp_path / "out", "m", ("f16", "q4_k_m"), **QUIET)
-    assert "0.10 GB are free" in str(e.value)
+    assert f"100 MB free, but exporting {embedded_path} to f16, q4_k_m needs about" in \
+        str(e.value)
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from lorahelpers.heldout import GGUF_ROWS_WITHOUT_OFFLOAD, gguf_scoring_plan
 from lorahelpers.params import default_params, device_defaults
-from lorahelpers.pipeline import GGUF_ROWS_WITHOUT_OFFLOAD, gguf_scoring_plan, train_settings
+from lorahelpers.pipeline import train_settings
 from lorahelpers.runtime import RuntimeReport, choose_precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ def test_gguf_scoring_plan():
 
 
 def test_free_torch_memory_on_cpu_says_so():
-    from lorahelpers.pipeline import free_torch_memory
+    from lorahelpers.runtime import free_torch_memory
 
     assert "CPU runtime" in free_torch_memory()
 

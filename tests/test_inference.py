@@ -12,6 +12,7 @@ from lorahelpers.inference import (
     EvalReport,
     StopStreamer,
     cut_at_stop,
+    eval_mode,
     evaluate,
     generate,
     normalize,
@@ -24,6 +25,22 @@ FRANCE = "What is the capital of France?"
 
 def ask(question: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def test_eval_mode_turns_dropout_and_gradients_off_and_restores_the_mode():
+    """The one eval switch, for generation here and verification's reference runs."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.9)).train()
+    x = torch.ones(1, 4)
+    with eval_mode(model):
+        assert not model.training and not torch.is_grad_enabled()
+        assert torch.equal(model(x), model(x))  # no dropout
+    assert model.training and torch.is_grad_enabled()
+    model.eval()
+    with eval_mode(model):
+        pass
+    assert not model.training
 
 
 @pytest.fixture(scope="module")

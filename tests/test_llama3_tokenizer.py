@@ -259,8 +259,9 @@ def test_a_tiny_llama_with_the_real_tokenizer_trains_exports_and_verifies(llama3
     print(f"\nLlama 3 tiny: loss {losses[0]:.3f} -> {losses[-1]:.3f}\n{result.stop_audit}")
 
     prompts = [[U], [S, U], [{"role": "user", "content": PROBES[2]}]]
-    bundle = export_and_verify(model, tok, result.adapter_dir, FMT, tmp_path / "out", "l3",
-                               ["f16"], prompts, progress=lambda line: None)
+    bundle = export_and_verify(model, tok, result.adapter_dir, FMT, out_dir=tmp_path / "out",
+                               name="l3", quants=["f16"], prompts=prompts,
+                               progress=lambda line: None)
     report, f16 = bundle.reports["f16"], bundle.ggufs["f16"]
     print(report.table())
     print(bundle.stop_audit)

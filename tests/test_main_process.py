@@ -19,7 +19,7 @@ CPU = RuntimeReport(cuda=False, gpu_name=None, gpu_memory_gb=None, bf16=False, u
 
 @pytest.fixture
 def fake_run(monkeypatch, tmp_path):
-    """run_training with its data, model and trainer replaced by stand-ins that write nothing;
+    """run_pipeline with its data, model and trainer replaced by stand-ins that write nothing;
     returns the output folder."""
     import lorahelpers.models
     import lorahelpers.pipeline
@@ -47,17 +47,17 @@ def _params(out):
 
 
 def test_only_the_main_process_writes_the_loss_curve_and_summary(fake_run, monkeypatch):
-    from lorahelpers.train_command import run_training
+    from lorahelpers.runner import run_pipeline
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     said = []
-    run = run_training(_params(fake_run), progress=said.append)
+    run = run_pipeline(_params(fake_run), export=False, progress=said.append)
     assert sorted(p.name for p in fake_run.iterdir()) == []
     assert run.adapter_dir is None and run.processes == 2 and said == []
 
     monkeypatch.setenv("RANK", "0")
-    run = run_training(_params(fake_run), progress=said.append)
+    run = run_pipeline(_params(fake_run), export=False, progress=said.append)
     assert sorted(p.name for p in fake_run.iterdir()) == ["loss.png", "summary.json"]
     assert (fake_run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((fake_run / "summary.json").read_text())

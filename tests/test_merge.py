@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lorahelpers import merge
+from lorahelpers.errors import ExportError
 from lorahelpers.merge import MergeError, merge_lora, original_16bit_name, read_header
 
 QUIET = {"progress": lambda s: None}
@@ -70,21 +71,63 @@ def test_four_bit_base_resolves_to_its_16bit_original(tmp_path, monkeypatch, emb
         return Path(name) if Path(name).is_dir() else hub.get(name)
 
     monkeypatch.setattr(merge, "fetch_base", fetch)
-    by_name = {"base_model_name_or_path": "unsloth/SmolLM2-135M-Instruct-bnb-4bit"}
-    assert merge.resolve_base(by_name) == (embedded_path, by_name["base_model_name_or_path"],
-                                           True)
+    by_name, said = "unsloth/SmolLM2-135M-Instruct-bnb-4bit", []
+    assert merge.resolve_base(by_name, said.append) == (embedded_path, by_name, True)
+    assert said == [f"{by_name} is 4-bit; using its 16-bit original {embedded_path}."]
     local = _four_bit_dir(tmp_path, "unsloth/SmolLM2-135M-Instruct-bnb-4bit")
-    assert merge.resolve_base({}, local) == (embedded_path, str(local), True)
-    plain = {"base_model_name_or_path": str(embedded_path)}
-    assert merge.resolve_base(plain) == (embedded_path, str(embedded_path), False)
+    assert merge.resolve_base(str(local), **QUIET) == (embedded_path, str(local), True)
+    plain = str(embedded_path)
+    assert merge.resolve_base(plain, **QUIET) == (embedded_path, plain, False)
 
 
 def test_four_bit_base_without_its_original_says_what_to_download(monkeypatch):
     monkeypatch.setattr(merge, "fetch_base", lambda name: None)
     with pytest.raises(MergeError) as e:
-        merge.resolve_base({"base_model_name_or_path": "unsloth/mistral-7b-v0.3-bnb-4bit"})
+        merge.resolve_base("unsloth/mistral-7b-v0.3-bnb-4bit")
     assert "huggingface-cli download unsloth/mistral-7b-v0.3" in str(e.value)
     assert "base_dir" in str(e.value)
+
+
+def _write_adapter(path: Path, config: dict, tensors: dict | None) -> Path:
+    from safetensors.numpy import save_file
+
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    if tensors is not None:
+        save_file(tensors, str(path / "adapter_model.safetensors"))
+    return path
+
+
+def test_one_reader_names_what_an_adapter_folder_lacks(tmp_path):
+    from lorahelpers.models import ModelError
+
+    lora = {"x.lora_A.weight": np.ones((1, 2), np.float32)}
+    with pytest.raises(MergeError, match=r"has no adapter_config.json\. Fix: pass the "
+                                         r"directory that train\(\) or save_adapter\(\) wrote"):
+        merge.read_adapter(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{'r': 1}")
+    with pytest.raises(MergeError, match=r"adapter_config.json is not valid JSON .*Fix: save"):
+        merge.read_adapter(tmp_path)
+    unnamed = _write_adapter(tmp_path / "unnamed", {"r": 1}, lora)
+    with pytest.raises(ModelError, match=r"adapter_config.json names no base model\. Fix: .*"
+                                         r"base= to load_adapter"):
+        merge.read_adapter(unnamed, error=ModelError)
+    assert merge.read_adapter(unnamed, "some/base").base == "some/base"
+    assert merge.read_adapter(unnamed, "b").tensor_names() == ["x.lora_A.weight"]
+    empty = _write_adapter(tmp_path / "empty", {"base_model_name_or_path": "b"}, None)
+    with pytest.raises(MergeError, match="has no adapter_model.safetensors. Fix: save the"):
+        merge.read_adapter(empty)
+    # merge_lora reads through it: the same message, before any base is looked for
+    with pytest.raises(MergeError, match="has no adapter_model.safetensors. Fix: save the"):
+        merge_lora(empty, tmp_path / "merged", **QUIET)
+
+
+def test_free_disk_is_checked_with_one_message(tmp_path):
+    with pytest.raises(ExportError, match=r"^Not enough disk space in .*: 100 MB free, but "
+                                          r"merging into x needs about 1\.5 GB there\. Fix: "
+                                          r"free disk space"):
+        merge.check_free_disk(tmp_path / "not" / "yet", 1.5e9, "merging into x", free=10**8)
+    merge.check_free_disk(tmp_path, 10**6, "merging into x")  # enough: nothing raised
 
 
 # ---- the merge against PEFT on the embedded model
@@ -207,3 +250,41 @@ def test_truncated_base_shard_is_named(tmp_path, embedded_path):
     with pytest.raises(MergeError, match=r"base/model.safetensors is truncated"):
         merge_lora(adapter, tmp_path / "merged", base_dir=base, **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "base"]
+
+
+# ---- one tokenizer writer: the merged checkpoint and the base with the training template
+
+def test_merge_and_base_with_template_write_the_same_tokenizer_files(tmp_path):
+    """On Gemma 3 270M, whose vocabulary llama.cpp's converter reads only from tokenizer.model
+    (and its user-defined pieces from added_tokens.json), which a fast tokenizer does not save:
+    the merged checkpoint and the base with the template carry the same tokenizer files."""
+    from transformers import AutoTokenizer
+
+    from lorahelpers.chat import get_chat_format, install_chat_template
+    from lorahelpers.models import embedded_gemma
+
+    gemma, fmt = embedded_gemma(), get_chat_format("gemma")
+    generation_config = (gemma / "generation_config.json").read_bytes()
+    out, into = read_header(gemma / "model.safetensors")[
+        "model.layers.0.mlp.down_proj.weight"]["shape"]
+    prefix = "base_model.model.model.layers.0.mlp.down_proj"
+    adapter = _write_adapter(tmp_path / "adapter", {
+        "peft_type": "LORA", "r": 1, "lora_alpha": 1, "base_model_name_or_path": str(gemma)}, {
+        f"{prefix}.lora_A.weight": np.zeros((1, into), np.float32),
+        f"{prefix}.lora_B.weight": np.zeros((out, 1), np.float32)})
+    tokenizer = AutoTokenizer.from_pretrained(gemma)  # saved as save_adapter saves it
+    install_chat_template(tokenizer, fmt)
+    tokenizer.save_pretrained(adapter)
+    merged = merge_lora(adapter, tmp_path / "merged", chat_format=fmt, **QUIET).out_dir
+    base = merge.base_with_template(gemma, fmt, tmp_path / "base", **QUIET)
+
+    names = sorted(p.name for p in merged.iterdir())
+    assert names == sorted(p.name for p in base.iterdir())
+    assert {"tokenizer.model", "added_tokens.json", "tokenizer.json"} <= set(names)
+    for name in set(names) - {"model.safetensors", "config.json"}:
+        assert (merged / name).read_bytes() == (base / name).read_bytes(), name
+    for folder in (merged, base):
+        assert AutoTokenizer.from_pretrained(folder).chat_template == fmt.jinja_template
+    assert (base / "model.safetensors").is_symlink()
+    # the turn end went into the copy of generation_config.json, not through a link to Gemma's
+    assert (gemma / "generation_config.json").read_bytes() == generation_config

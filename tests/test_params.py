@@ -185,13 +185,15 @@ def test_empty_quants_are_the_device_default():
 
 
 def test_a_changed_params_keeps_where_the_other_values_came_from(tmp_path):
-    from lorahelpers.pipeline import choose_sheets, namer_params, use_upload
+    from lorahelpers.notebook import choose_sheets, use_upload
+    from lorahelpers.two_adapters import namer_params
 
     params = default_params("table", runtime(False), env={}, output_dir=str(tmp_path))
     assert params.source("batch_size") == "CPU default"
     upload = {"orders.csv": {"content": b"zone,express\nA,yes\n"}}
-    for changed in (params.replace(seed=1), use_upload(params, upload)[0],
-                    choose_sheets(params)[0], namer_params(params)):
+    quiet = {"progress": lambda line: None}
+    for changed in (params.replace(seed=1), use_upload(params, upload, **quiet),
+                    choose_sheets(params, **quiet), namer_params(params)):
         assert changed.source("batch_size") == "CPU default"
         assert changed.source("template") == "table default"
-    assert use_upload(params, upload)[0].source("data") == "set"
+    assert use_upload(params, upload, **quiet).source("data") == "set"

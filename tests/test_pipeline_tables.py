@@ -70,10 +70,16 @@ def test_a_template_column_the_sheet_lacks_is_named():
 # ---- the notebooks' steps around the data: upload, sheets, two-adapter parameters ---------
 
 
-def test_the_sample_workbook_keeps_its_sheets():
-    from lorahelpers.pipeline import choose_sheets
+def _said(step, *args):
+    """(what a notebook step returns, what it said)."""
+    said = []
+    return step(*args, progress=said.append), "\n".join(said)
 
-    params, note = choose_sheets(table_params())
+
+def test_the_sample_workbook_keeps_its_sheets():
+    from lorahelpers.notebook import choose_sheets
+
+    params, note = _said(choose_sheets, table_params())
     assert (params.sheet, params.eval_sheet) == ("orders", "held_out")
     assert note == ("Sheets in the workbook: orders, held_out\n"
                     "Rows to learn from: orders. Held-out rows: held_out.")
@@ -82,14 +88,15 @@ def test_the_sample_workbook_keeps_its_sheets():
 def test_sheets_the_workbook_lacks_fall_back_and_say_so(tmp_path):
     import pandas as pd
 
-    from lorahelpers.pipeline import choose_sheets, prepare_data
+    from lorahelpers.notebook import choose_sheets
+    from lorahelpers.pipeline import prepare_data
 
     book = tmp_path / "mine.xlsx"
     frame = pd.read_csv(ROOT / "data" / "table.csv")
     with pd.ExcelWriter(book) as writer:
         frame.to_excel(writer, sheet_name="Sheet1", index=False)
         frame.head(3).to_excel(writer, sheet_name="notes", index=False)
-    params, note = choose_sheets(table_params(data=str(book), eval_data="", eval_size=10))
+    params, note = _said(choose_sheets, table_params(data=str(book), eval_data="", eval_size=10))
     assert (params.sheet, params.eval_sheet) == ("Sheet1", None)
     assert note.splitlines() == [
         "Sheets in the workbook: Sheet1, notes",
@@ -101,21 +108,21 @@ def test_sheets_the_workbook_lacks_fall_back_and_say_so(tmp_path):
 
 
 def test_a_csv_has_no_sheets():
-    from lorahelpers.pipeline import choose_sheets
+    from lorahelpers.notebook import choose_sheets
 
-    params, note = choose_sheets(table_params(data=str(ROOT / "data" / "table.csv")))
+    params, note = _said(choose_sheets, table_params(data=str(ROOT / "data" / "table.csv")))
     assert (params.sheet, params.eval_sheet) == (None, None)
     assert note == "Rows to learn from: table.csv. Held-out rows: 40 rows set aside at random."
 
 
 def test_an_upload_replaces_the_sample_and_nothing_uploaded_keeps_it(tmp_path):
-    from lorahelpers.pipeline import use_upload
+    from lorahelpers.notebook import use_upload
 
     params = table_params(output_dir=str(tmp_path))
-    same, note = use_upload(params, {})
+    same, note = _said(use_upload, params, {})
     assert same == params and note == f"No file uploaded: using the sample {params.data}"
     csv = (ROOT / "data" / "table.csv").read_bytes()
-    mine, note = use_upload(params, ({"name": "orders.csv", "content": memoryview(csv)},))
+    mine, note = _said(use_upload, params, ({"name": "orders.csv", "content": memoryview(csv)},))
     assert mine.data == str(tmp_path / "uploads" / "orders.csv") and mine.eval_data is None
     assert note == f"Using your file: {mine.data}"
     assert (tmp_path / "uploads" / "orders.csv").read_bytes() == csv
@@ -123,7 +130,7 @@ def test_an_upload_replaces_the_sample_and_nothing_uploaded_keeps_it(tmp_path):
 
 
 def test_two_adapter_defaults_yield_to_the_environment():
-    from lorahelpers.pipeline import namer_params, two_adapter_params
+    from lorahelpers.two_adapters import namer_params, two_adapter_params
 
     gpu = dataclasses.replace(CPU, cuda=True, gpu_name="Tesla T4", gpu_memory_gb=15.0,
                               capability=(7, 5))
@@ -151,6 +158,7 @@ def test_registration_is_skipped_with_the_reason_when_no_server_answers(tmp_path
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    info, status = register_or_skip("m", tmp_path / "m.gguf", get_chat_format("chatml"),
+    registration = register_or_skip("m", tmp_path / "m.gguf", get_chat_format("chatml"),
                                     host=f"http://127.0.0.1:{port}")
-    assert info is None and status.startswith("skipped: no Ollama server answers")
+    assert registration.info is None and not registration.registered
+    assert repr(registration).startswith("skipped: no Ollama server answers")

@@ -99,7 +99,7 @@ def test_the_train_command_prints_the_summary(monkeypatch, tmp_path, embedded_to
     import lorahelpers.pipeline
     import lorahelpers.training
     from lorahelpers.params import Params
-    from lorahelpers.train_command import run_training
+    from lorahelpers.runner import run_pipeline
 
     convs, report = to_conversations([{"instruction": f"q{i}", "output": "a"}
                                       for i in range(6)])
@@ -113,7 +113,8 @@ def test_the_train_command_prints_the_summary(monkeypatch, tmp_path, embedded_to
     monkeypatch.setattr(lorahelpers.models, "add_lora", lambda model, settings: model)
     monkeypatch.setattr(lorahelpers.training, "train", lambda *args, **kwargs: result)
     said = []
-    run_training(Params(max_steps=1, batch_size=2, grad_accum=1, max_seq_length=64,
-                        output_dir=str(tmp_path), keep_dir="off"), progress=said.append)
+    run_pipeline(Params(max_steps=1, batch_size=2, grad_accum=1, max_seq_length=64,
+                        output_dir=str(tmp_path), keep_dir="off"), export=False,
+                 progress=said.append)
     assert any(line.startswith("3 training rows of 6 (those the run reaches)") and
                "max_seq_length 64: none cut" in line for line in said), said

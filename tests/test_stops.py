@@ -331,5 +331,5 @@ def test_export_and_verify_refuses_an_export_that_runs_on(embedded_tokenizer, tm
     tok.save_pretrained(tmp_path / "adapter")
     with pytest.raises(StopMismatchError, match=r"GGUF m-f16.gguf: llama.cpp does not end "
                                                 r"generation on '<\|answer_end\|>'.* Fix: "):
-        export_and_verify(peft_model, tok, tmp_path / "adapter", fmt, tmp_path / "out", "m",
-                          ["f16"], [QA[:1]], progress=lambda line: None)
+        export_and_verify(peft_model, tok, tmp_path / "adapter", fmt, out_dir=tmp_path / "out",
+                          name="m", quants=["f16"], prompts=[QA[:1]], progress=lambda line: None)

@@ -231,11 +231,14 @@ def test_a_cover_sheet_before_several_tables_lists_them(tmp_path):
 
 
 def test_the_notebook_chooses_the_table_sheet_past_a_cover(tmp_path):
+    from lorahelpers.notebook import choose_sheets
     from lorahelpers.params import Params
-    from lorahelpers.pipeline import choose_sheets
 
     path = cover_book(tmp_path / "cover.xlsx", 1)
-    params, note = choose_sheets(Params(kind="table", data=str(path), sheet="orders"))
+    said = []
+    params = choose_sheets(Params(kind="table", data=str(path), sheet="orders"),
+                           progress=said.append)
+    note = "\n".join(said)
     assert params.sheet == "data1"
     assert "No sheet 'orders' here: using 'data1'." in note
     assert "Sheet 'Cover' holds no table" in note

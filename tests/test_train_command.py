@@ -184,7 +184,7 @@ def _update_distance(adapter: Path, reference: Path) -> float:
 @pytest.mark.parametrize("precision, grad_accum", [("fp32", 2), ("bf16", 1)])
 def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
         tmp_path, embedded_path, precision, grad_accum):
-    from lorahelpers.train_command import run_training
+    from lorahelpers.runner import run_pipeline
 
     data = tmp_path / "unequal.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in unequal_answers()))
@@ -207,8 +207,8 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
     history = json.loads((two / "history.json").read_text())
     assert [r["step"] for r in history if r.get("loss") is not None] == [1, 2, 3]
 
-    one = run_training(load_config(config, [f"output_dir={tmp_path / 'one'}", "batch_size=2"]),
-                       progress=lambda *a: None)
+    one = run_pipeline(load_config(config, [f"output_dir={tmp_path / 'one'}", "batch_size=2"]),
+                       export=False, progress=lambda *a: None)
     reference = json.loads((tmp_path / "one" / "history.json").read_text())
     losses = [(r["loss"], s["loss"]) for r, s in zip(history, reference, strict=True)
               if r.get("loss") is not None]
@@ -226,7 +226,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_same_global_batch(
 def test_train_reports_the_held_out_scores_of_every_stage(tmp_path, monkeypatch):
     """`train --register` on a short run against the Ollama double: the held-out score before
     and after training, of the GGUF and through Ollama, in the output and in summary.json."""
-    from lorahelpers.train_command import run_training
+    from lorahelpers.runner import run_pipeline
     from tests.ollama_double import OllamaDouble
 
     out = tmp_path / "run"
@@ -236,7 +236,7 @@ def test_train_reports_the_held_out_scores_of_every_stage(tmp_path, monkeypatch)
     said = []
     with OllamaDouble() as double:
         monkeypatch.setenv("OLLAMA_HOST", double.url)
-        run_training(params, export=True, register=True, progress=said.append)
+        run_pipeline(params, export=True, register=True, progress=said.append)
     text = "\n".join(said)
     for step in ("[3/8] Scoring the held-out rows before training (exact)",
                  "[5/8] Scoring the held-out rows after training",

@@ -102,7 +102,9 @@ def test_a_conversation_without_a_final_answer_is_named(embedded_tokenizer):
     bad = [{"role": "user", "content": "Hi"}]
     with pytest.raises(ValueError, match="conversation 1"):
         tokenize_conversations(embedded_tokenizer, [TINY[0], bad], CHATML)
-    with pytest.raises(TypeError, match="conversation 0"):
+    from lorahelpers.errors import ChatFormatError
+
+    with pytest.raises(ChatFormatError, match="conversation 0: expected a list .* Fix: "):
         tokenize_conversations(embedded_tokenizer, ["not a conversation"], CHATML)
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from lorahelpers.chat import get_chat_format
-from lorahelpers.compare import TaskScores, base_with_template
+from lorahelpers.compare import TaskScores
+from lorahelpers.merge import base_with_template
 from tests.ollama_double import VERSIONS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -193,7 +194,7 @@ def two_adapters(embedded_path, tmp_path_factory):
 def merged_gguf(two_adapters):
     """name -> that adapter merged into the base as an f16 GGUF, made on first call (what the
     notebook registers where Ollama refuses adapters)."""
-    from lorahelpers.pipeline import merged_gguf as merge_to_gguf
+    from lorahelpers.two_adapters import merged_gguf as merge_to_gguf
 
     t, made = two_adapters, {}
 
@@ -305,13 +306,13 @@ def test_two_ollama_models_on_each_release(two_adapters, merged_gguf, version):
     with OllamaDouble(version) as double:
         refused = double.release.refuses_adapters
         for name, adapter in t.ggufs.items():
-            info, status = register_or_skip(f"reviews-{name}", t.base_gguf, CHATML,
+            registration = register_or_skip(f"reviews-{name}", t.base_gguf, CHATML,
                                             host=double.url, adapter=adapter,
                                             merged=lambda name=name: merged_gguf(name),
                                             progress=lambda s: None)
-            modes[name] = info["registration"]
-            assert status == (f"registered as 'reviews-{name}' ({modes[name]}) with Ollama "
-                              f"{version}")
+            modes[name] = registration.info["registration"]
+            assert repr(registration) == (f"registered as 'reviews-{name}' ({modes[name]}) "
+                                          f"with Ollama {version}")
         for name, adapter in t.ggufs.items():
             replies[name] = ollama.chat(f"reviews-{name}", messages, host=double.url,
                                         stream=False,

@@ -43,7 +43,8 @@ def test_gguf_of_a_4bit_trained_model_is_verified_against_the_merged_model(
     assert is_4bit(quantized) and not is_4bit(src.model)
     prompts = verify_prompts[:4]
     bundle = export_and_verify(quantized, src.tokenizer, src.adapter_dir, src.chat_format,
-                               tmp_path, "m", ["q8_0"], prompts, progress=lambda s: None)
+                               out_dir=tmp_path, name="m", quants=["q8_0"], prompts=prompts,
+                               progress=lambda s: None)
     q8 = bundle.reports["q8_0"]
     assert bundle.reference.startswith("the merged 16-bit model")
     assert q8.passed, q8.table()

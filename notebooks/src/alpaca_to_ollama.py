@@ -29,7 +29,7 @@ if "google.colab" in sys.modules:
 from lorahelpers.runtime import runtime_report
 
 runtime = runtime_report()
-print(runtime.summary())
+runtime
 
 # %% [markdown]
 # ## Parameters
@@ -56,13 +56,9 @@ params
 # folder, or to `"off"` for none.
 
 # %%
-from lorahelpers.keep import keep, keep_folder, mount_drive
+from lorahelpers.notebook import keep_work
 
-if runtime.colab and params.keep_dir != "off":
-    mount_drive()
-keep_dir = keep_folder(params.keep_dir, params.output_dir)
-print(f"Keeping files in {keep_dir}" if keep_dir else
-      f"Files stay in {params.output_dir} only (no Google Drive, no params.keep_dir)")
+keep_dir = keep_work(params, runtime)
 
 # %% [markdown]
 # ## Data
@@ -70,12 +66,10 @@ print(f"Keeping files in {keep_dir}" if keep_dir else
 # counts what was read, kept and dropped, and why.
 
 # %%
-from lorahelpers.data import preview
 from lorahelpers.pipeline import prepare_data
 
 data = prepare_data(params)
-display(data.report)
-print(preview(data.train, 3))
+data
 
 # %% [markdown]
 # ## The base model, and exactly what it will be trained on
@@ -86,9 +80,13 @@ print(preview(data.train, 3))
 # `params.max_seq_length`: longer rows are cut.
 
 # %%
-from lorahelpers.pipeline import load, preview_training
+from lorahelpers.pipeline import load
 
 model, tokenizer, chat_format = load(params)
+
+# %%
+from lorahelpers.pipeline import preview_training
+
 preview_training(params, data, tokenizer, chat_format)
 
 # %% [markdown]
@@ -104,16 +102,13 @@ before
 # ## Train the LoRA adapter
 # The loss is computed on the answers only (and the end-of-turn token, so the model learns to
 # stop). Interrupting this cell keeps the adapter trained so far; run it again with
-# `resume=True` in `train_settings` to continue from the last checkpoint.
+# `resume=True` (`train_adapter(..., resume=True)`) to continue from the last checkpoint.
 
 # %%
-from lorahelpers.models import add_lora
-from lorahelpers.pipeline import lora_settings, train_settings
-from lorahelpers.training import train
+from lorahelpers.pipeline import train_adapter
 
-model = add_lora(model, lora_settings(params))
-result = train(model, tokenizer, data.train, data.eval, chat_format, train_settings(params))
-print(f"{result.steps} steps in {result.elapsed_s:.0f} s; adapter in {result.adapter_dir}")
+model, result = train_adapter(model, tokenizer, data, chat_format, params)
+result
 
 # %%
 from lorahelpers.plots import plot_history
@@ -124,18 +119,18 @@ plot_history(result.history)
 # ## Did it learn?
 
 # %%
-from lorahelpers.heldout import compare
-
 after = evaluate(model, tokenizer, data.eval, params.scorer, chat_format)
-display(compare(before, after))
 after
 
 # %%
-from lorahelpers.inference import generate
+from lorahelpers.heldout import compare
 
-question = data.eval[0][:-1]
-print("Q:", question[-1]["content"])
-answer = generate(model, tokenizer, question, chat_format, max_new_tokens=64)
+compare(before, after)
+
+# %%
+from lorahelpers.pipeline import try_row
+
+answer = try_row(model, tokenizer, data.eval[0], chat_format)
 
 # %% [markdown]
 # ## Export to GGUF and verify
@@ -146,26 +141,19 @@ answer = generate(model, tokenizer, question, chat_format, max_new_tokens=64)
 # %%
 from lorahelpers.pipeline import export_and_verify
 
-prompts = [row[:-1] for row in data.eval[:4]]
-export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
-                           params.ollama_name, params.quants, prompts)
-for path in export.ggufs.values():  # to the keep folder now, before the longer steps below
-    keep(path, keep_dir, root=params.output_dir)
+export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format,
+                           out_dir=params.output_dir, name=params.ollama_name,
+                           quants=params.quants, prompts=data.prompts(), system=params.system,
+                           max_seq_length=params.max_seq_length, keep_dir=keep_dir)
 export
 
 # %% [markdown]
 # ## The Modelfile
-# Written next to the GGUF: the TEMPLATE and stop strings come from the same chat format the
+# Written next to the GGUF by the export: the TEMPLATE and stop strings come from the same chat format the
 # model was trained with, so Ollama builds exactly the training prompt.
 
 # %%
-from lorahelpers.modelfile import write_modelfile
-
-gguf = export.ggufs[params.quants[0]]
-modelfile = write_modelfile(gguf, chat_format, system=params.system,
-                            max_seq_length=params.max_seq_length)
-keep(modelfile, keep_dir, root=params.output_dir)
-print(modelfile.read_text())
+print(export.modelfile.read_text())
 
 # %% [markdown]
 # ## Register it with Ollama
@@ -175,14 +163,10 @@ print(modelfile.read_text())
 # memory that is left and runs on the CPU whatever does not fit.
 
 # %%
-from lorahelpers import ollama
 from lorahelpers.pipeline import register_or_skip
 
-if runtime.colab:
-    server = ollama.start_server(install=True)
-info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system,
-                                max_seq_length=params.max_seq_length)
-print(status)
+register_or_skip(params.ollama_name, export.gguf, chat_format, system=params.system,
+                 max_seq_length=params.max_seq_length, start_server=runtime.colab)
 
 # %% [markdown]
 # ## Try it: the notebook's model and Ollama's, side by side
@@ -194,8 +178,8 @@ print(status)
 # %%
 from lorahelpers.sidebyside import chat_side_by_side
 
-chat_side_by_side(question[-1]["content"], model, tokenizer, chat_format, params.ollama_name,
-                  system=params.system)
+chat_side_by_side(data.eval[0][-2]["content"], model, tokenizer, chat_format,
+                  params.ollama_name, system=params.system)
 
 # %% [markdown]
 # ## The GGUF files on held-out rows
@@ -204,10 +188,9 @@ chat_side_by_side(question[-1]["content"], model, tokenizer, chat_format, params
 # first few rows on the CPU (the cell says which).
 
 # %%
-from lorahelpers.pipeline import free_torch_memory, score_ggufs
+from lorahelpers.heldout import score_ggufs
 
 del model
-print(free_torch_memory())
 gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, params.scorer)
 
 # %% [markdown]
@@ -223,7 +206,7 @@ from lorahelpers.heldout import score_ollama
 
 quant = params.quants[0]
 ollama_scores = score_ollama(params.ollama_name, data.eval, chat_format, tokenizer,
-                             params.scorer, gguf=gguf, gguf_report=gguf_reports[quant],
+                             params.scorer, gguf=export.gguf, gguf_report=gguf_reports[quant],
                              quant=quant, seed=params.seed)
 
 # %% [markdown]
@@ -239,20 +222,13 @@ compare(before, after, gguf_reports, ollama_scores)
 # %% [markdown]
 # ## Your files
 # The GGUF files and the Modelfile were copied to the keep folder (Google Drive) when there is
-# one; otherwise Colab offers the GGUF as a download (large files often fail that way).
+# one; otherwise Colab offers the GGUF and the Modelfile as downloads (large files often fail
+# that way).
 
 # %%
-from pathlib import Path
+from lorahelpers.notebook import your_files
 
-for path in sorted(Path(params.output_dir).rglob("*")):
-    if path.is_file() and "checkpoints" not in path.parts:
-        print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
-if keep_dir:
-    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
-                                                  if p.is_file() and "checkpoints" not in p.parts)))
-elif runtime.colab:
-    from google.colab import files
-    files.download(str(gguf))  # the runtime's disk is wiped when it stops
+your_files(params.output_dir, keep_dir, download=[export.gguf, export.modelfile])
 
 # %% [markdown]
 # ## Share it on the Hugging Face Hub (optional)
@@ -265,8 +241,5 @@ elif runtime.colab:
 # %%
 from lorahelpers.hub import push_to_hub
 
-if params.hub_repo:
-    push_to_hub(params.hub_repo, export, chat_format, system=params.system,
-                max_seq_length=params.max_seq_length, base_model=params.model)
-else:
-    print("Not uploading: set params.hub_repo to a repository id to share the model.")
+push_to_hub(params.hub_repo, export, chat_format, system=params.system,
+            max_seq_length=params.max_seq_length, base_model=params.model)

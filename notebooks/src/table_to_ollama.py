@@ -32,7 +32,7 @@ if "google.colab" in sys.modules:
 from lorahelpers.runtime import runtime_report
 
 runtime = runtime_report()
-print(runtime.summary())
+runtime
 
 # %% [markdown]
 # ## Parameters
@@ -64,13 +64,9 @@ params
 # folder, or to `"off"` for none.
 
 # %%
-from lorahelpers.keep import keep, keep_folder, mount_drive
+from lorahelpers.notebook import keep_work
 
-if runtime.colab and params.keep_dir != "off":
-    mount_drive()
-keep_dir = keep_folder(params.keep_dir, params.output_dir)
-print(f"Keeping files in {keep_dir}" if keep_dir else
-      f"Files stay in {params.output_dir} only (no Google Drive, no params.keep_dir)")
+keep_dir = keep_work(params, runtime)
 
 # %% [markdown]
 # ## Your spreadsheet
@@ -80,22 +76,14 @@ print(f"Keeping files in {keep_dir}" if keep_dir else
 # sample orders are used, so the notebook also runs from top to bottom unattended.
 
 # %%
-if runtime.colab:
-    from google.colab import files
+from lorahelpers.notebook import ask_for_upload
 
-    uploaded = files.upload()
-else:
-    import ipywidgets
-
-    upload = ipywidgets.FileUpload(accept=".xlsx,.csv,.tsv,.json,.jsonl,.parquet",
-                                   multiple=False, description="Upload a file")
-    display(upload)
+upload = ask_for_upload(runtime)
 
 # %%
-from lorahelpers.pipeline import use_upload
+from lorahelpers.notebook import use_upload
 
-params, note = use_upload(params, uploaded if runtime.colab else upload.value)
-print(note)
+params = use_upload(params, upload)
 
 # %% [markdown]
 # ## Choose the sheet
@@ -108,14 +96,14 @@ print(note)
 # `params.header_row` names the row of column names yourself.
 
 # %%
-from lorahelpers.data import load_table
-from lorahelpers.pipeline import choose_sheets
+from lorahelpers.notebook import choose_sheets
 
-params, note = choose_sheets(params)
-print(note)
-table, _ = load_table(params.data, sheet=params.sheet, header_row=params.header_row,
-                      empty_markers=params.empty_markers, raw_values=params.raw_values)
-table.head()
+params = choose_sheets(params)
+
+# %%
+from lorahelpers.notebook import show_table
+
+show_table(params)
 
 # %% [markdown]
 # ## The question and the answer column
@@ -140,34 +128,20 @@ table.head()
 # `params.template = "Product {name}[[, size {size}]], colour {colour}. Price?"` and
 # `params.output_column = "price"`.
 #
-# Three rows as the model will see them, before any training:
+# Below: three rows as the model will see them, before any training, then how many rows were
+# read and kept, and why any were left out (for example an empty answer cell). Repeated rows
+# are counted too: many repeats make the model memorize them. The notes say what was read
+# differently from a plain table: title lines above the header that were skipped
+# (`params.header_row` names the header row yourself), merged cells filled into every row
+# they span, cells read as empty, the sheet chosen when the first one is a cover page.
 
 # %%
 from lorahelpers.pipeline import prepare_data
 
 # params.template = "..."
 # params.output_column = "..."
-print("Columns:", ", ".join(table.columns))
-print("Template:", params.template)
-print("Answer column:", params.output_column, "\n")
 data = prepare_data(params)
-for conversation in data.train[:3]:
-    print("Question:", conversation[-2]["content"])
-    print("Answer:  ", conversation[-1]["content"], "\n")
-
-# %% [markdown]
-# ## Checking the rows
-# How many rows were read and kept, and why any were left out (for example an empty answer
-# cell). Repeated rows are counted too: many repeats make the model memorize them. The notes
-# say what was read differently from a plain table: title lines above the header that were
-# skipped (`params.header_row` names the header row yourself), merged cells filled into every
-# row they span, cells read as empty, the sheet chosen when the first one is a cover page.
-
-# %%
-display(data.report)
-if data.eval_report is not None:
-    display(data.eval_report)
-print(f"{len(data.train)} rows to learn from, {len(data.eval)} held-out rows to test with.")
+data
 
 # %% [markdown]
 # ## How answers are scored
@@ -208,9 +182,13 @@ assert not same_amount("12", "11") and not same_amount("12", "twelve")
 # left out of training. Raise `max_seq_length` or shorten the template if rows are cut.
 
 # %%
-from lorahelpers.pipeline import load, preview_training
+from lorahelpers.pipeline import load
 
 model, tokenizer, chat_format = load(params)
+
+# %%
+from lorahelpers.pipeline import preview_training
+
 preview_training(params, data, tokenizer, chat_format)
 
 # %% [markdown]
@@ -229,16 +207,13 @@ before
 # LoRA adds a few small trainable matrices to the model and leaves the rest unchanged. The
 # loss (how wrong the model's answers are on the rows) is drawn as training runs and should
 # fall. Interrupting this cell keeps the adapter trained so far; run it again with
-# `resume=True` in `train_settings` to continue from the last checkpoint.
+# `resume=True` (`train_adapter(..., resume=True)`) to continue from the last checkpoint.
 
 # %%
-from lorahelpers.models import add_lora
-from lorahelpers.pipeline import lora_settings, train_settings
-from lorahelpers.training import train
+from lorahelpers.pipeline import train_adapter
 
-model = add_lora(model, lora_settings(params))
-result = train(model, tokenizer, data.train, data.eval, chat_format, train_settings(params))
-print(f"{result.steps} steps in {result.elapsed_s:.0f} s; adapter in {result.adapter_dir}")
+model, result = train_adapter(model, tokenizer, data, chat_format, params)
+result
 
 # %% [markdown]
 # The loss on the training rows and, at a few points, on the held-out rows. If the held-out
@@ -255,25 +230,23 @@ plot_history(result.history)
 # The same held-out rows, scored again.
 
 # %%
-from lorahelpers.heldout import compare
-
 after = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
                  max_new_tokens=max_answer_tokens)
-display(compare(before, after))
 after
+
+# %%
+from lorahelpers.heldout import compare
+
+compare(before, after)
 
 # %% [markdown]
 # ## Ask it about one order
 # A held-out row the model never trained on, and its answer as it is written.
 
 # %%
-from lorahelpers.inference import generate
+from lorahelpers.pipeline import try_row
 
-question = data.eval[0][:-1]
-print("Q:", question[-1]["content"])
-print("Expected:", data.eval[0][-1]["content"])
-print("Model:    ", end="")
-answer = generate(model, tokenizer, question, chat_format, max_new_tokens=max_answer_tokens)
+answer = try_row(model, tokenizer, data.eval[0], chat_format, max_new_tokens=max_answer_tokens)
 
 # %% [markdown]
 # ## Export to GGUF and verify
@@ -284,11 +257,10 @@ answer = generate(model, tokenizer, question, chat_format, max_new_tokens=max_an
 # %%
 from lorahelpers.pipeline import export_and_verify
 
-prompts = [row[:-1] for row in data.eval[:4]]
-export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format, params.output_dir,
-                           params.ollama_name, params.quants, prompts)
-for path in export.ggufs.values():  # to the keep folder now, before the longer steps below
-    keep(path, keep_dir, root=params.output_dir)
+export = export_and_verify(model, tokenizer, result.adapter_dir, chat_format,
+                           out_dir=params.output_dir, name=params.ollama_name,
+                           quants=params.quants, prompts=data.prompts(), system=params.system,
+                           max_seq_length=params.max_seq_length, keep_dir=keep_dir)
 export
 
 # %% [markdown]
@@ -298,13 +270,7 @@ export
 # exactly the form the model learned.
 
 # %%
-from lorahelpers.modelfile import write_modelfile
-
-gguf = export.ggufs[params.quants[0]]
-modelfile = write_modelfile(gguf, chat_format, system=params.system,
-                            max_seq_length=params.max_seq_length)
-keep(modelfile, keep_dir, root=params.output_dir)
-print(modelfile.read_text())
+print(export.modelfile.read_text())
 
 # %% [markdown]
 # ## Register it with Ollama
@@ -314,14 +280,10 @@ print(modelfile.read_text())
 # memory that is left and runs on the CPU whatever does not fit.
 
 # %%
-from lorahelpers import ollama
 from lorahelpers.pipeline import register_or_skip
 
-if runtime.colab:
-    server = ollama.start_server(install=True)
-info, status = register_or_skip(params.ollama_name, gguf, chat_format, params.system,
-                                max_seq_length=params.max_seq_length)
-print(status)
+register_or_skip(params.ollama_name, export.gguf, chat_format, system=params.system,
+                 max_seq_length=params.max_seq_length, start_server=runtime.colab)
 
 # %% [markdown]
 # ## Try it: ask both models
@@ -332,8 +294,8 @@ print(status)
 # %%
 from lorahelpers.sidebyside import chat_side_by_side
 
-chat_side_by_side(question[-1]["content"], model, tokenizer, chat_format, params.ollama_name,
-                  system=params.system, max_new_tokens=max_answer_tokens)
+chat_side_by_side(data.eval[0][-2]["content"], model, tokenizer, chat_format,
+                  params.ollama_name, system=params.system, max_new_tokens=max_answer_tokens)
 
 # %% [markdown]
 # The held-out score of each GGUF file, run by llama.cpp (the engine inside Ollama): it should
@@ -341,12 +303,11 @@ chat_side_by_side(question[-1]["content"], model, tokenizer, chat_format, params
 # a GPU its memory goes to llama.cpp and Ollama.
 
 # %%
-from lorahelpers.pipeline import free_torch_memory, score_ggufs
+from lorahelpers.heldout import score_ggufs
 
 del model
-print(free_torch_memory())
 gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, same_amount,
-                           max_answer_tokens)
+                           max_new_tokens=max_answer_tokens)
 
 # %% [markdown]
 # ## The held-out orders through Ollama
@@ -361,7 +322,7 @@ from lorahelpers.heldout import score_ollama
 
 quant = params.quants[0]
 ollama_scores = score_ollama(params.ollama_name, data.eval, chat_format, tokenizer,
-                             same_amount, max_answer_tokens, gguf=gguf,
+                             same_amount, max_answer_tokens, gguf=export.gguf,
                              gguf_report=gguf_reports[quant], quant=quant, seed=params.seed)
 
 # %% [markdown]
@@ -384,19 +345,9 @@ compare(before, after, gguf_reports, ollama_scores)
 # `ollama create my-model -f Modelfile` there.
 
 # %%
-from pathlib import Path
+from lorahelpers.notebook import your_files
 
-for path in sorted(Path(params.output_dir).rglob("*")):
-    if path.is_file() and "checkpoints" not in path.parts:
-        print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
-if keep_dir:
-    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
-                                                  if p.is_file() and "checkpoints" not in p.parts)))
-elif runtime.colab:
-    from google.colab import files
-
-    files.download(str(gguf))  # the runtime's disk is wiped when it stops
-    files.download(str(modelfile))
+your_files(params.output_dir, keep_dir, download=[export.gguf, export.modelfile])
 
 # %% [markdown]
 # ## Share it on the Hugging Face Hub (optional)
@@ -409,8 +360,5 @@ elif runtime.colab:
 # %%
 from lorahelpers.hub import push_to_hub
 
-if params.hub_repo:
-    push_to_hub(params.hub_repo, export, chat_format, system=params.system,
-                max_seq_length=params.max_seq_length, base_model=params.model)
-else:
-    print("Not uploading: set params.hub_repo to a repository id to share the model.")
+push_to_hub(params.hub_repo, export, chat_format, system=params.system,
+            max_seq_length=params.max_seq_length, base_model=params.model)

@@ -35,7 +35,7 @@ if "google.colab" in sys.modules:
 from lorahelpers.runtime import runtime_report
 
 runtime = runtime_report()
-print(runtime.summary())
+runtime
 
 # %% [markdown]
 # ## Parameters
@@ -46,7 +46,7 @@ print(runtime.summary())
 # one base GGUF (the adapters stay 16-bit: they are small).
 
 # %%
-from lorahelpers.pipeline import two_adapter_params
+from lorahelpers.two_adapters import two_adapter_params
 
 params = two_adapter_params(runtime)
 params
@@ -60,13 +60,9 @@ params
 # another folder, or to `"off"` for none.
 
 # %%
-from lorahelpers.keep import keep, keep_folder, mount_drive
+from lorahelpers.notebook import keep_work
 
-if runtime.colab and params.keep_dir != "off":
-    mount_drive()
-keep_dir = keep_folder(params.keep_dir, params.output_dir)
-print(f"Keeping files in {keep_dir}" if keep_dir else
-      f"Files stay in {params.output_dir} only (no Google Drive, no params.keep_dir)")
+keep_dir = keep_work(params, runtime)
 
 # %% [markdown]
 # ## Two tasks on the same reviews
@@ -74,14 +70,10 @@ print(f"Keeping files in {keep_dir}" if keep_dir else
 # namer, products) the training file never shows.
 
 # %%
-from lorahelpers.data import preview
-from lorahelpers.pipeline import namer_params, prepare_data
+from lorahelpers.two_adapters import prepare_tasks
 
-data = {"tag": prepare_data(params), "name": prepare_data(namer_params(params))}
-for task, bundle in data.items():
-    display(bundle.report)
-    print(preview(bundle.train, 2))
-tasks = {task: bundle.eval for task, bundle in data.items()}
+data = prepare_tasks(params)
+data
 
 # %% [markdown]
 # ## The base model before training
@@ -89,49 +81,40 @@ tasks = {task: bundle.eval for task, bundle in data.items()}
 # start near zero.
 
 # %%
-from lorahelpers.compare import score_models
 from lorahelpers.pipeline import load
 
 base, tokenizer, chat_format = load(params)
-before = score_models({"base": base}, tasks, tokenizer, chat_format, params.scorer)
-display(before)
+
+# %%
+from lorahelpers.compare import score_models
+
+before = score_models({"base": base}, data.held_out, tokenizer, chat_format, params.scorer)
+before
+
+# %%
 before.side_by_side(2)
 
 # %% [markdown]
 # ## Adapter A: the tagger
-# The LoRA goes onto the base model scored above, and each adapter has its own output
-# directory (`train` saves to `<output_dir>/adapter`). Only one model is in memory at a time:
-# the trained model is deleted once its adapter is saved, so a free Colab GPU holds one base.
+# The LoRA goes onto a fresh copy of the base (the one scored above is deleted first), and
+# each adapter has its own output directory (`<output_dir>/tagger/adapter`). Only one model is
+# in memory at a time: the trained model is deleted once its adapter is saved, so a free Colab
+# GPU holds one base.
 
 # %%
-from lorahelpers.models import add_lora
-from lorahelpers.pipeline import free_torch_memory, lora_settings, train_settings
-from lorahelpers.plots import plot_history
-from lorahelpers.training import train
+from lorahelpers.two_adapters import train_task
 
-tagger = add_lora(base, lora_settings(params))
-tagger_run = train(tagger, tokenizer, data["tag"].train, data["tag"].eval, chat_format,
-                   train_settings(params, output_dir=f"{params.output_dir}/tagger"))
-print(f"{tagger_run.steps} steps in {tagger_run.elapsed_s:.0f} s; adapter in "
-      f"{tagger_run.adapter_dir}")
-plot_history(tagger_run.history)
-del base, tagger
-print(free_torch_memory())
+del base  # train_task loads a fresh base: one model in memory at a time
+tagger_run = train_task(params, "tagger", data["tag"])
+tagger_run
 
 # %% [markdown]
 # ## Adapter B: the namer
 # A fresh copy of the base, its own LoRA.
 
 # %%
-namer, _, _ = load(params)
-namer = add_lora(namer, lora_settings(params))
-namer_run = train(namer, tokenizer, data["name"].train, data["name"].eval, chat_format,
-                  train_settings(params, output_dir=f"{params.output_dir}/namer"))
-print(f"{namer_run.steps} steps in {namer_run.elapsed_s:.0f} s; adapter in "
-      f"{namer_run.adapter_dir}")
-plot_history(namer_run.history)
-del namer
-print(free_torch_memory())
+namer_run = train_task(params, "namer", data["name"])
+namer_run
 
 # %% [markdown]
 # ## Same prompts, three models (PyTorch)
@@ -141,14 +124,13 @@ print(free_torch_memory())
 # way (a tag, a product name), because that is all it learned. The base does neither.
 
 # %%
-from lorahelpers.compare import TaskScores, one_base
+from lorahelpers.two_adapters import score_adapters
 
-base, _, _ = load(params)
-models = one_base(base, {"tagger": tagger_run.adapter_dir, "namer": namer_run.adapter_dir})
-after = score_models({"tagger": models["tagger"], "namer": models["namer"]}, tasks, tokenizer,
-                     chat_format, params.scorer)
-scores = TaskScores({**before.reports, **after.reports})
-display(scores)
+runs = {"tagger": tagger_run, "namer": namer_run}
+models, scores = score_adapters(params, runs, data, tokenizer, chat_format, before)
+scores
+
+# %%
 scores.side_by_side(3)
 
 # %% [markdown]
@@ -158,20 +140,10 @@ scores.side_by_side(3)
 # becomes its own small GGUF that llama.cpp and Ollama apply over that base.
 
 # %%
-from pathlib import Path
+from lorahelpers.two_adapters import export_adapters
 
-from lorahelpers.compare import base_with_template
-from lorahelpers.export import export_adapter_gguf, export_gguf
-
-out = Path(params.output_dir)
-base_dir = base_with_template(params.resolved_model(), chat_format, out / "base")
-base_gguf = export_gguf(base_dir, out / "gguf", "base", params.quants[:1])[params.quants[0]]
-adapter_ggufs = {name: export_adapter_gguf(run.adapter_dir, base_dir,
-                                           out / "gguf" / f"{name}-lora-f16.gguf")
-                 for name, run in (("tagger", tagger_run), ("namer", namer_run))}
-for path in (base_gguf, *adapter_ggufs.values()):
-    print(f"{path.stat().st_size / 1e6:8.1f} MB  {path}")
-    keep(path, keep_dir, root=params.output_dir)  # to the keep folder (Drive), if there is one
+export = export_adapters(params, runs, chat_format, models["base"], keep_dir=keep_dir)
+export
 
 # %% [markdown]
 # ## Verify each adapter over the base GGUF
@@ -180,13 +152,9 @@ for path in (base_gguf, *adapter_ggufs.values()):
 # same greedy answers.
 
 # %%
-from lorahelpers.verify import verify
+from lorahelpers.two_adapters import verify_adapters
 
-prompts = [row[:-1] for rows in tasks.values() for row in rows[:2]]
-checks = {name: verify(base_gguf, model, tokenizer, prompts, lora_path=adapter_ggufs.get(name))
-          for name, model in models.items()}
-for report in checks.values():
-    display(report)
+verify_adapters(export, models, tokenizer, data)
 
 # %% [markdown]
 # ## Same prompts, three models (llama.cpp)
@@ -195,13 +163,15 @@ for report in checks.values():
 # the first rows of each task.
 
 # %%
-from lorahelpers.compare import score_gguf
+from lorahelpers.two_adapters import score_adapter_ggufs
 
-gguf_tasks = {task: rows[:5] if runtime.cuda else rows for task, rows in tasks.items()}
-gguf_scores = score_gguf(base_gguf, {"base": None, **adapter_ggufs}, gguf_tasks, tokenizer,
-                         chat_format, params.scorer)
-display(gguf_scores)
-display(gguf_scores.agreement(scores))
+gguf_scores = score_adapter_ggufs(export, data, tokenizer, chat_format, params.scorer)
+gguf_scores
+
+# %%
+gguf_scores.agreement(scores)
+
+# %%
 gguf_scores.side_by_side(3)
 
 # %% [markdown]
@@ -211,15 +181,7 @@ gguf_scores.side_by_side(3)
 # `max_seq_length`, rounded up.
 
 # %%
-from lorahelpers.modelfile import write_modelfile
-
-modelfiles = {name: write_modelfile(base_gguf, chat_format, system=params.system,
-                                    adapter=adapter, path=out / "gguf" / f"Modelfile.{name}",
-                                    max_seq_length=params.max_seq_length)
-              for name, adapter in adapter_ggufs.items()}
-for name, path in modelfiles.items():
-    keep(path, keep_dir, root=params.output_dir)
-    print(f"# {path}\n{path.read_text()}")
+print(export.modelfiles_text())
 
 # %% [markdown]
 # ### Which Ollama versions accept `ADAPTER`
@@ -246,47 +208,23 @@ for name, path in modelfiles.items():
 # with the reason.
 
 # %%
-from functools import partial
+from lorahelpers.two_adapters import register_adapters
 
-from lorahelpers import ollama
-from lorahelpers.pipeline import merged_gguf, register_or_skip
+registered = register_adapters(params, export, runs, chat_format, start_server=runtime.colab)
 
-if runtime.colab:
-    server = ollama.start_server(install=True)
-runs = {"tagger": tagger_run, "namer": namer_run}
-registered = {}
-for name, adapter in adapter_ggufs.items():
-    merged = partial(merged_gguf, runs[name].adapter_dir, base_dir, out, name, params.quants[0],
-                     chat_format)  # made only where Ollama refuses adapters
-    info, status = register_or_skip(f"{params.ollama_name}-{name}", base_gguf, chat_format,
-                                    params.system, adapter=adapter, merged=merged,
-                                    max_seq_length=params.max_seq_length)
-    print(status)
-    if info is not None:
-        registered[name] = f"{params.ollama_name}-{name}"
-for task, rows in tasks.items() if registered else ():
-    question = rows[0][:-1]
-    print(f"\nQ: {question[-1]['content']}")
-    for name, model_name in registered.items():
-        print(f"{model_name}:", end=" ")
-        ollama.chat(model_name, question)
-        print()
+# %%
+from lorahelpers.two_adapters import ask_registered
+
+ask_registered(registered, data)
 
 # %% [markdown]
 # ## Your files
 # The base GGUF is the big file; each adapter adds only a few MB. All of them and the
-# Modelfiles were copied to the keep folder (Google Drive) when there is one.
+# Modelfiles were copied to the keep folder (Google Drive) when there is one; otherwise Colab
+# offers the adapters and the Modelfiles as downloads (for the base GGUF, mount Drive above).
 
 # %%
-for path in sorted(out.rglob("*")):
-    if path.is_file() and not path.is_symlink() and "checkpoints" not in path.parts:
-        print(f"{path.stat().st_size / 1e6:9.1f} MB  {path}")
-if keep_dir:
-    print(f"Kept in {keep_dir}:", ", ".join(sorted(p.name for p in keep_dir.rglob("*")
-                                                  if p.is_file() and "checkpoints" not in p.parts)))
-elif runtime.colab:
-    from google.colab import files
-    # The adapters and Modelfiles are small; for the base GGUF mount Drive (Keep your work)
-    # rather than download it. The runtime's disk is wiped when it stops.
-    for path in (*adapter_ggufs.values(), *modelfiles.values()):
-        files.download(str(path))
+from lorahelpers.notebook import your_files
+
+your_files(params.output_dir, keep_dir,
+           download=[*export.adapters.values(), *export.modelfiles.values()])
