@@ -64,7 +64,8 @@ class PipelineRun:
             rows += [(f"export {q}", r.status()) for q, r in self.export.reports.items()]
             rows.append(("Modelfile", str(self.modelfile)))
         rows += [("Ollama", self.ollama)] if self.ollama else []
-        rows += [("adapter", str(self.adapter_dir)), ("loss curve", str(self.loss_plot))]
+        rows.append(("adapter", str(self.adapter_dir)))
+        rows += [("loss curve", str(self.loss_plot))] if self.loss_plot else []
         total = f", all {self.total_seconds:.0f} s" if self.total_seconds is not None else ""
         rows.append(("time", f"training {self.train_seconds:.0f} s{total}"))
         return rows
