@@ -135,8 +135,8 @@ def bench_lorahelpers(convs, steps: int, batch: int):
     model = add_lora(model, LoraSettings())
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:
-        result = train(model, tokenizer, convs, None, FMT,
-                       TrainSettings(output_dir=out, max_steps=steps, batch_size=batch,
+        result = train(model, tokenizer, convs, None, chat_format=FMT,
+                       settings=TrainSettings(output_dir=out, max_steps=steps, batch_size=batch,
                                      save_steps=10_000, progress="none",
                                      reraise_interrupt=False), callbacks=[clock])
     return rate(clock.ends, result.history.column("tokens")), result.settings

@@ -115,7 +115,7 @@ def _prompts(report) -> list[str]:
     return [r["prompt"] for r in report.rows]
 
 
-def score_models(models: dict, tasks: dict, tokenizer, chat_format, scorer="exact",
+def score_models(models: dict, tasks: dict, tokenizer, chat_format, *, scorer="exact",
                  max_new_tokens: int = 16) -> TaskScores:
     """Score each in-memory model (name -> model) on each task (name -> held-out conversations)
     with lorahelpers.inference.evaluate. Short answers need few new tokens.
@@ -124,13 +124,14 @@ def score_models(models: dict, tasks: dict, tokenizer, chat_format, scorer="exac
     """
     from lorahelpers.inference import evaluate
 
-    return TaskScores({name: {task: evaluate(model, tokenizer, rows, scorer, chat_format,
+    return TaskScores({name: {task: evaluate(model, tokenizer, rows, scorer,
+                                             chat_format=chat_format,
                                              max_new_tokens=max_new_tokens)
                               for task, rows in tasks.items()}
                        for name, model in models.items()})
 
 
-def score_gguf(base_gguf, adapters: dict, tasks: dict, tokenizer, chat_format, scorer="exact",
+def score_gguf(base_gguf, adapters: dict, tasks: dict, tokenizer, *, chat_format, scorer="exact",
                max_new_tokens: int = 16) -> TaskScores:
     """The same as score_models, run by llama.cpp: `adapters` maps a model name to an adapter
     GGUF applied over `base_gguf` (None: the base alone). Prompts are rendered by chat_format
@@ -141,8 +142,9 @@ def score_gguf(base_gguf, adapters: dict, tasks: dict, tokenizer, chat_format, s
     """
     from lorahelpers.inference import evaluate_gguf
 
-    return TaskScores({name: {task: evaluate_gguf(base_gguf, rows, chat_format, tokenizer, scorer,
-                                                  max_new_tokens, lora_path=adapter)
+    return TaskScores({name: {task: evaluate_gguf(base_gguf, rows, chat_format, tokenizer,
+                                                  scorer=scorer,
+                                                  max_new_tokens=max_new_tokens, lora_path=adapter)
                               for task, rows in tasks.items()}
                        for name, adapter in adapters.items()}, "llama.cpp")
 

@@ -109,7 +109,7 @@ def _fill(pieces: list, row) -> str:
 
 
 def to_conversations(data, format: str = "auto", template: str | None = None,
-                     output_column: str | None = None, system: str | None = None,
+                     output_column: str | None = None, *, system: str | None = None,
                      conversation_extension: int = 1, seed: int = 3407,
                      drop_duplicates: bool = False, sheet: str | int | None = None,
                      header_row: int | None = None, empty_markers=None,

@@ -1,7 +1,7 @@
 """Export: a merged checkpoint to GGUF files (f16, bf16, q8_0, k-quants) and a LoRA adapter to
 an adapter-only GGUF, with llama.cpp's own converter (see llamacpp.py) and quantizer.
 
-merge_lora and MergeResult live in merge.py (which imports torch) and are importable from here.
+Merging an adapter into its base is merge.py; reading checkpoints and adapters, checkpoint.py.
 """
 
 from __future__ import annotations
@@ -36,15 +36,7 @@ class AdapterNotConvertibleError(ExportError):
     pass
 
 
-def __getattr__(name):
-    if name in ("merge_lora", "MergeResult", "MergeError"):
-        from lorahelpers import merge
-
-        return getattr(merge, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
+def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), *, progress=print,
                 ) -> dict[str, Path]:
     """Convert a Hugging Face checkpoint (e.g. merge_lora's output) to `<name>-<quant>.gguf`
     files in `out_dir`, one per quant type, each written atomically and checked to carry the
@@ -53,7 +45,7 @@ def export_gguf(model_dir, out_dir, name: str, quants=("q8_0",), progress=print,
     >>> export_gguf("outputs/merged", "outputs/gguf", "mymodel", ("q8_0", "q4_k_m"))  # doctest: +SKIP
     {'q8_0': PosixPath('outputs/gguf/mymodel-q8_0.gguf'), 'q4_k_m': ...}
     """
-    from lorahelpers.merge import check_free_disk, checkpoint_shards, read_header
+    from lorahelpers.checkpoint import check_free_disk, checkpoint_shards, read_header
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     quants = _check_quants(quants)
@@ -114,14 +106,14 @@ def _convert(model_dir: Path, quant: str, final: Path, expected, progress) -> Pa
     return final
 
 
-def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, outtype: str = "f16",
+def export_adapter_gguf(adapter_dir, base_dir, out_path, progress=print, *, outtype: str = "f16",
                         ) -> Path:
     """Convert a PEFT LoRA adapter to a GGUF that llama.cpp (and Ollama's ADAPTER) applies over
     the base model's GGUF. Configurations llama.cpp would apply wrongly are refused first.
 
     >>> export_adapter_gguf("outputs/adapter", base_dir, "outputs/gguf/adapter.gguf")  # doctest: +SKIP
     """
-    from lorahelpers.merge import check_free_disk, read_adapter
+    from lorahelpers.checkpoint import check_free_disk, read_adapter
 
     adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
     if outtype not in CONVERTER_TYPES:
@@ -200,7 +192,7 @@ def _check_quants(quants) -> list[str]:
 
 
 def _check_architecture(model_dir: Path, progress) -> str:
-    from lorahelpers.merge import read_json
+    from lorahelpers.checkpoint import read_json
 
     path = Path(model_dir) / "config.json"
     config = read_json(path, ExportError, "pass a Hugging Face checkpoint directory (e.g. what "
@@ -340,7 +332,7 @@ def preflight_export(needs: ExportNeeds, out_dir, free_disk: int | None = None,
 
     >>> preflight_export(export_needs(135_000_000, ["q8_0"]), "outputs")  # doctest: +SKIP
     """
-    from lorahelpers.merge import check_free_disk
+    from lorahelpers.checkpoint import check_free_disk
 
     check_free_disk(out_dir, needs.disk_bytes, f"merging and exporting a "
                     f"{needs.params / 1e9:.1f}B-parameter model to {', '.join(needs.gguf_bytes)}",

@@ -25,7 +25,7 @@ def filled(cell) -> bool:
 
 
 def find_header(rows: Sequence[list], numbers: Sequence[int], header_row: int | None,
-                place: str, word: str = "line") -> tuple[int, str | None]:
+                place: str, *, word: str = "line") -> tuple[int, str | None]:
     """(index in `rows` of the header, a note when filled rows above it were skipped).
     `rows` are a file's first rows, blank ones included; numbers[i] is row i's number as a
     person reads it, a `word` ("line" of a text file, "row" of a sheet).

@@ -136,8 +136,8 @@ def ollama_rows(scores: OllamaScores | None) -> list[tuple[str, str]]:
     return rows
 
 
-def score_ollama(name, eval_rows, chat_format, tokenizer, scorer="exact",
-                 max_new_tokens: int = 64, *, gguf=None, gguf_report=None, quant=None,
+def score_ollama(name, eval_rows, chat_format, tokenizer, *, scorer="exact",
+                 max_new_tokens: int = 64, gguf=None, gguf_report=None, quant=None,
                  seed: int = 3407, host=None, progress=print) -> OllamaScores:
     """The held-out rows through Ollama model `name` (registered from `gguf`), twice:
     greedy, and with the options `ollama run` uses (seed fixed to `seed`, where `ollama run`
@@ -157,16 +157,17 @@ def score_ollama(name, eval_rows, chat_format, tokenizer, scorer="exact",
         return OllamaScores("skipped: no Ollama server answers")
     progress(f"Scoring {len(eval_rows)} held-out rows through Ollama {version} ({name}): "
              "greedy, then with the options `ollama run` uses")
-    args = (name, eval_rows, chat_format, tokenizer, scorer, max_new_tokens)
-    greedy = evaluate_ollama(*args, options=ollama.GREEDY_OPTIONS, host=host)
-    run = evaluate_ollama(*args, options={"seed": seed}, host=host)
+    args = (name, eval_rows, chat_format, tokenizer)
+    kwargs = {"scorer": scorer, "max_new_tokens": max_new_tokens, "host": host}
+    greedy = evaluate_ollama(*args, options=ollama.GREEDY_OPTIONS, **kwargs)
+    run = evaluate_ollama(*args, options={"seed": seed}, **kwargs)
     info = ollama.show(name, host)
     options = run_options(version, info["options"]) | {"seed": seed}
     options.pop("num_predict")  # each request sends the answer budget instead
     scores = OllamaScores(f"scored through Ollama {version}", greedy, run, options, version)
     if gguf_report is not None:
-        differences = ollama_differences(info, chat_format, tokenizer, greedy, gguf,
-                                         gguf_report)
+        differences = ollama_differences(info, chat_format, tokenizer, greedy, gguf=gguf,
+                                         reference=gguf_report)
         scores.check = check_ollama(greedy, gguf_report, gguf_column(quant or _quant(gguf)),
                                     differences)
     return scores
@@ -213,8 +214,8 @@ def this_runtime_plan(n_rows: int) -> ScoringPlan:
     return gguf_scoring_plan(runtime_report().cuda, offload, n_rows)
 
 
-def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
-                max_new_tokens: int = 64, *, progress=print) -> dict:
+def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, *, scorer="exact",
+                max_new_tokens: int = 64, progress=print) -> dict:
     """evaluate_gguf for each exported file, planned for this runtime (gguf_scoring_plan):
     {quant: EvalReport}. Frees the GPU memory PyTorch no longer holds first: on a GPU, call it
     after `del model`.
@@ -228,8 +229,8 @@ def score_ggufs(ggufs: dict, eval_rows, chat_format, tokenizer, scorer="exact",
     progress(free_torch_memory())
     plan = this_runtime_plan(len(eval_rows))
     progress(f"Scoring {len(ggufs)} GGUF file(s) with llama.cpp: {plan.note}")
-    reports = {q: evaluate_gguf(path, eval_rows[: plan.rows], chat_format, tokenizer, scorer,
-                                max_new_tokens, n_gpu_layers=plan.n_gpu_layers)
+    reports = {q: evaluate_gguf(path, eval_rows[: plan.rows], chat_format, tokenizer, scorer=scorer,
+                                max_new_tokens=max_new_tokens, n_gpu_layers=plan.n_gpu_layers)
                for q, path in ggufs.items()}
     progress("".join(f"  {q}: {r}\n" for q, r in reports.items()).rstrip())
     return reports
@@ -254,7 +255,7 @@ def check_ollama(greedy, gguf_report, gguf: str, differences=()) -> OllamaCheck:
     return OllamaCheck(mine - theirs <= ROWS_ALLOWED, gguf, n, mine, theirs, list(differences))
 
 
-def ollama_differences(info: dict, chat_format, tokenizer, greedy=None, gguf=None,
+def ollama_differences(info: dict, chat_format, tokenizer, greedy=None, *, gguf=None,
                        reference=None) -> list[str]:
     """What differs between an Ollama model (ollama.show's answer) and the training format:
     TEMPLATE; SYSTEM added to prompts the `reference` report (the GGUF's) built without it;

@@ -60,7 +60,7 @@ def hub_files(repo_id: str, ggufs: dict, chat_format, *, system: str | None = No
     if system:
         files["system"] = system
     files["README.md"] = model_card(repo_id, [q.upper() for q in ggufs], chat_format, params,
-                                    system, reports or {}, base_model)
+                                    system=system, reports=reports or {}, base_model=base_model)
     return files
 
 
@@ -103,7 +103,7 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def model_card(repo_id: str, quants: list[str], chat_format, params: dict, system,
+def model_card(repo_id: str, quants: list[str], chat_format, params: dict, *, system,
                reports: dict, base_model: str | None) -> str:
     """README.md for the repository: how to run it with Ollama, and the verification table of
     each GGUF against the PyTorch model."""

@@ -120,7 +120,7 @@ class StopStreamer:
         out.flush()
 
 
-def generate(model, tokenizer, messages, chat_format=None, max_new_tokens: int = 256,
+def generate(model, tokenizer, messages, chat_format=None, *, max_new_tokens: int = 256,
              stream: bool = True, temperature: float = 0.0, file=None, **generate_kwargs) -> str:
     """The model's answer to `messages` (a list of {role, content}, or one user string),
     greedy unless temperature > 0, stopped at the format's eos/stop strings; with stream=True
@@ -289,7 +289,7 @@ def answer_budget(tokenizer, pairs, scorer, max_new_tokens: int) -> int:
     return min(max_new_tokens, 2 * longest + 8)
 
 
-def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
+def evaluate(model, tokenizer, eval_rows, scorer="exact", *, chat_format=None,
              batch_size: int | None = None, max_new_tokens: int = 64) -> EvalReport:
     """Answer each held-out conversation's last user turn greedily (batched, left-padded) and
     score the answer against the conversation's assistant message: "exact" (normalized
@@ -299,7 +299,8 @@ def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
     each decoding step costs about the same for 1 or 32 rows (it is bound by reading the
     weights: measured 10x faster than 8 rows on the embedded model), and 8 on a GPU.
 
-    >>> evaluate(model, tokenizer, eval_conversations, "exact", "chatml").score  # doctest: +SKIP
+    >>> evaluate(model, tokenizer, eval_conversations, "exact",
+    ...          chat_format="chatml").score  # doctest: +SKIP
     72.0
     """
     fmt, pairs, prompts = _questions(tokenizer, eval_rows, chat_format, scorer)
@@ -310,7 +311,7 @@ def evaluate(model, tokenizer, eval_rows, scorer="exact", chat_format=None,
     return _report(pairs, answers, scorer, prompts)
 
 
-def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
+def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, *, scorer="exact",
                   max_new_tokens: int = 64, n_gpu_layers: int = 0, lora_path=None) -> EvalReport:
     """evaluate, run by llama.cpp: the same prompts (rendered by chat_format), stop tokens,
     answer lengths, scorers and report, for a GGUF (with `lora_path`, an adapter GGUF over
@@ -334,7 +335,7 @@ def evaluate_gguf(gguf, eval_rows, chat_format, tokenizer, scorer="exact",
     return _report(pairs, answers, scorer, prompts)
 
 
-def evaluate_ollama(name, eval_rows, chat_format, tokenizer, scorer="exact",
+def evaluate_ollama(name, eval_rows, chat_format, tokenizer, *, scorer="exact",
                     max_new_tokens: int = 64, options=None, host=None) -> EvalReport:
     """evaluate, through a model registered with Ollama: each conversation sent to /api/chat
     as `ollama run` sends it, with `options` (e.g. lorahelpers.ollama.GREEDY_OPTIONS; none:

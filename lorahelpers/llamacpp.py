@@ -237,7 +237,7 @@ def run_script(script: str, args: list[str], progress=print) -> None:
     finally:
         proc.stdout.close()
     if code != 0:
-        raise classify_failure(script, args, list(tail), code, llama_cpp_version())
+        raise classify_failure(script, args, list(tail), code, version=llama_cpp_version())
 
 
 class _Relay:
@@ -263,7 +263,7 @@ class _Relay:
 
 
 def classify_failure(script: str, args: list[str], lines: list[str], code: int,
-                     version: str) -> ExportError:
+                     *, version: str) -> ExportError:
     """The ExportError for a converter run that exited with `code`, from its last lines."""
     text = "\n".join(lines)
     where = args[0] if args else script

@@ -398,7 +398,7 @@ def _hub_error(name: str, err: Exception) -> ModelError:
 
 def load_model(name_or_path=None, max_seq_length: int | None = None,
                load_in_4bit: bool | None = None,
-               dtype=None, backend: str = "auto", chat_format=None):
+               dtype=None, *, backend: str = "auto", chat_format=None):
     """Load a base model and its tokenizer: Unsloth's FastLanguageModel where CUDA and Unsloth
     are present, transformers otherwise. `name_or_path` None means the embedded SmolLM2-135M.
     load_in_4bit None means 4-bit on CUDA (bitsandbytes), full weights on CPU; max_seq_length
@@ -553,7 +553,7 @@ def load_adapter(adapter_dir, base=None, **load_kwargs):
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from .merge import read_adapter
+    from .checkpoint import read_adapter
 
     adapter_dir = Path(adapter_dir)
     model, _ = load_model(read_adapter(adapter_dir, base, ModelError).base, **load_kwargs)

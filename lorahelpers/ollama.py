@@ -256,7 +256,7 @@ def _merged_instead(merged, adapter: Path, version: str, url: str, progress) -> 
     return path
 
 
-def register(name, gguf, chat_format, host=None, system=None, parameters=None, adapter=None,
+def register(name, gguf, chat_format, host=None, *, system=None, parameters=None, adapter=None,
              progress=print, via="auto", verify=True, max_seq_length=None, merged=None) -> dict:
     """Register a GGUF with Ollama under `name`, using chat_format's TEMPLATE and stops and
     PARAMETER num_ctx from the training max_seq_length (parameters={"num_ctx": n} overrides).
@@ -379,7 +379,7 @@ def show(name, host=None) -> dict:
             "ollama_version": version}
 
 
-def chat(name, messages, host=None, stream=True, options=None) -> str:
+def chat(name, messages, host=None, stream=True, *, options=None) -> str:
     """Ask a registered model; messages is a list of {"role", "content"} or one user string.
     With stream, the reply is printed as it arrives. Returns the whole reply.
 

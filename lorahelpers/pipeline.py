@@ -111,7 +111,7 @@ def preview_training(params: Params, data: DataBundle, tokenizer, chat_format, *
         max_steps=params.max_steps, batch_size=params.batch_size, grad_accum=params.grad_accum,
         seed=params.seed))
     length = params.max_seq_length or machine_defaults(runtime_report().cuda)["max_seq_length"]
-    return training_preview(reached, tokenizer, chat_format, length, data.report, rows,
+    return training_preview(reached, tokenizer, chat_format, length, report=data.report, rows=rows,
                             rows_total=len(data.train))
 
 
@@ -157,20 +157,22 @@ def lora_settings(params: Params):
     return LoraSettings(r=params.lora_r, alpha=params.lora_alpha, seed=params.seed)
 
 
-def train_adapter(model, tokenizer, data: DataBundle, chat_format, params: Params, **settings):
+def train_adapter(model, tokenizer, data: DataBundle, chat_format, *, params: Params,
+                  **settings):
     """Add LoRA to `model` (params.lora_r, lora_alpha) and train it on data.train, held-out loss
     on data.eval: (the model with its adapter, training.TrainResult). `settings` are
     TrainSettings fields (resume=True continues from the last checkpoint, output_dir=...).
     Interrupting it keeps the adapter trained so far.
 
-    >>> model, result = train_adapter(model, tokenizer, data, chat_format, params)  # doctest: +SKIP
+    >>> model, result = train_adapter(model, tokenizer, data, chat_format,
+    ...                               params=params)  # doctest: +SKIP
     """
     from lorahelpers.models import add_lora
     from lorahelpers.training import train
 
     model = add_lora(model, lora_settings(params))
-    result = train(model, tokenizer, data.train, data.eval, chat_format,
-                   train_settings(params, **settings))
+    result = train(model, tokenizer, data.train, data.eval, chat_format=chat_format,
+                   settings=train_settings(params, **settings))
     return model, result
 
 

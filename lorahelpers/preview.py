@@ -118,12 +118,12 @@ class TrainingPreview:
 
 
 def training_preview(conversations: list, tokenizer, chat_format, max_seq_length: int,
-                     report=None, rows: int = 3, rows_total: int | None = None
+                     *, report=None, rows: int = 3, rows_total: int | None = None
                      ) -> TrainingPreview:
     """Tokenize `conversations` as train() does (lorahelpers.batches.tokenize_conversations)
     and show the first `rows`, the lengths and the cuts.
 
-    >>> print(training_preview(data.train, tok, fmt, 256, data.report).summary())  # doctest: +SKIP
+    >>> print(training_preview(data.train, tok, fmt, 256, report=data.report).summary())  # doctest: +SKIP
     127 training rows: 38-61 tokens, median 45; max_seq_length 256: none cut
     """
     lengths, dropped, shown = [], 0, []

@@ -136,7 +136,7 @@ def run_pipeline(params: Params, *, export: bool = True, register: bool = True,
     step(f"Training LoRA r={params.lora_r} for {params.max_steps} steps, {per_step} "
          f"conversations per step" + (f" ({processes} processes)" if processes > 1 else "")
          + f", {precision}")
-    model, result = train_adapter(model, tokenizer, data, fmt, params, progress="auto",
+    model, result = train_adapter(model, tokenizer, data, fmt, params=params, progress="auto",
                                   resume=resume)
     run = PipelineRun(params, result.adapter_dir if is_main() else None, result.steps,
                       result.final_loss, result.interrupted, processes, result.elapsed_s,
@@ -189,7 +189,7 @@ def _score(model, tokenizer, fmt, data, params: Params, say, when: str):
     if not data.eval:
         say("  no held-out rows (eval_size 0 and no eval_data): nothing to score")
         return None
-    report = evaluate(model, tokenizer, data.eval, params.scorer, fmt)
+    report = evaluate(model, tokenizer, data.eval, params.scorer, chat_format=fmt)
     say(f"  {when}: {report}")
     return report
 
@@ -213,7 +213,7 @@ def _score_ggufs(run: PipelineRun, tokenizer, fmt, data, say) -> None:
 
     if data.eval:
         run.gguf_reports = score_ggufs(run.export.ggufs, data.eval, fmt, tokenizer,
-                                       run.params.scorer, progress=say)
+                                       scorer=run.params.scorer, progress=say)
 
 
 def _register(run: PipelineRun, tokenizer, fmt, data, say) -> None:
@@ -231,6 +231,6 @@ def _register(run: PipelineRun, tokenizer, fmt, data, say) -> None:
                                          else "no held-out rows")
         return
     run.ollama_scores = score_ollama(params.ollama_name, data.eval, fmt, tokenizer,
-                                     params.scorer, gguf=run.export.gguf,
+                                     scorer=params.scorer, gguf=run.export.gguf,
                                      gguf_report=run.gguf_reports.get(quant), quant=quant,
                                      seed=params.seed, progress=say)

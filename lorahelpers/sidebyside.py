@@ -1,7 +1,8 @@
 """Try it: one message to the PyTorch model in memory and to the model Ollama serves, both
 answers side by side: text anywhere, and in Jupyter or Colab a small box to send more.
 
-    >>> chat_side_by_side("Tag: the lid broke.", model, tok, fmt, "my-model")  # doctest: +SKIP
+    >>> chat_side_by_side("Tag: the lid broke.", model, tok, fmt,
+    ...                   ollama_name="my-model")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class SideBySide:
         return widgets.VBox([widgets.HBox([text, send]), out])
 
 
-def chat_side_by_side(message: str, model, tokenizer, chat_format, ollama_name=None,
+def chat_side_by_side(message: str, model, tokenizer, chat_format, *, ollama_name=None,
                       system=None, host=None, max_new_tokens: int = 128,
                       ollama_options=None) -> SideBySide:
     """Send `message` (with the `system` prompt, if any) to the PyTorch model (greedy) and to
@@ -89,7 +90,7 @@ def chat_side_by_side(message: str, model, tokenizer, chat_format, ollama_name=N
     notebook, it adds a box to send more messages.
 
     >>> chat_side_by_side("Tag the review.\\n\\nThe lid broke.", model, tok, fmt,
-    ...                   "lorahelpers-demo")  # doctest: +SKIP
+    ...                   ollama_name="lorahelpers-demo")  # doctest: +SKIP
     """
     from lorahelpers import ollama
     from lorahelpers.inference import generate
@@ -110,8 +111,9 @@ def chat_side_by_side(message: str, model, tokenizer, chat_format, ollama_name=N
                                      options={**options, "num_predict": max_new_tokens})
 
     def ask(text: str) -> SideBySide:
-        return chat_side_by_side(text, model, tokenizer, chat_format, ollama_name, system, host,
-                                 max_new_tokens, ollama_options)
+        return chat_side_by_side(text, model, tokenizer, chat_format, ollama_name=ollama_name,
+                                 system=system, host=host,
+                                 max_new_tokens=max_new_tokens, ollama_options=ollama_options)
 
     prompt = chat_format.generation_prefix(messages) if hasattr(chat_format, "turns") else ""
     return SideBySide(message, answers, prompt, ask)

@@ -38,7 +38,7 @@ SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt", ".xlsx", ".parquet")
 
 
 def load_table(source, sheet: str | int | None = None, split: str = "train",
-               header_row: int | None = None, empty_markers=None, raw_values: bool = False):
+               header_row: int | None = None, *, empty_markers=None, raw_values: bool = False):
     """Read rows into a DataFrame plus a DataReport. `source` is a file path (.json, .jsonl,
     .csv, .tsv, .xlsx with `sheet` as name or 0-based index, .parquet), a DataFrame, a list of
     dicts, a `datasets.Dataset`, or a Hub dataset name (loaded with `split`). `header_row`:
@@ -157,7 +157,7 @@ def _read_xlsx(path: Path, sheet, header_row, raw_values: bool):
     cells, place = read.cells, f"{path}, sheet {read.name!r}"
     report = DataReport(f"{path} [{read.name}]", line_word="sheet row", merged=read.merged,
                         notes=list(read.notes))
-    h, note = find_header(cells, range(1, len(cells) + 1), header_row, place, "row")
+    h, note = find_header(cells, range(1, len(cells) + 1), header_row, place, word="row")
     report.notes += [note] if note else []
     body = [i for i in range(h + 1, len(cells)) if any(filled(c) for c in cells[i])]
     if body and body[-1] - h > len(body):

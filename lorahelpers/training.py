@@ -382,7 +382,7 @@ def _sft_config(s: TrainSettings, report: RuntimeReport, out: Path, has_eval: bo
 
 
 def train(model, tokenizer, train_conversations, eval_conversations=None,
-          chat_format: ChatFormat | str = "chatml", settings: TrainSettings | None = None,
+          *, chat_format: ChatFormat | str = "chatml", settings: TrainSettings | None = None,
           callbacks=()) -> TrainResult:
     """Fine-tune the LoRA adapters of `model` on conversations (lists of {role, content}
     messages ending with an assistant turn). Writes output_dir/adapter (adapter + tokenizer),
@@ -390,8 +390,8 @@ def train(model, tokenizer, train_conversations, eval_conversations=None,
     cleanly and keeps the adapter trained so far; resume=True continues from the last checkpoint.
     The model is left in eval mode.
 
-    >>> result = train(model, tokenizer, train_rows, eval_rows, "chatml",
-    ...                TrainSettings(max_steps=60, output_dir="outputs/run"))  # doctest: +SKIP
+    >>> result = train(model, tokenizer, train_rows, eval_rows, chat_format="chatml",
+    ...                settings=TrainSettings(max_steps=60, output_dir="outputs/run"))  # doctest: +SKIP
     """
     if not hasattr(model, "peft_config"):
         raise TrainingError("train() trains LoRA adapters and the model has none. Fix: call "

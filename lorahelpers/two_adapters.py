@@ -97,19 +97,20 @@ def train_task(params: Params, adapter: str, data: DataBundle):
     from lorahelpers.runtime import free_torch_memory
 
     model, tokenizer, chat_format = load(params)
-    model, result = train_adapter(model, tokenizer, data, chat_format, params,
+    model, result = train_adapter(model, tokenizer, data, chat_format, params=params,
                                   output_dir=f"{params.output_dir}/{adapter}")
     del model
     print(free_torch_memory())
     return result
 
 
-def score_adapters(params: Params, runs: dict, data: Tasks, tokenizer, chat_format, before):
+def score_adapters(params: Params, runs: dict, data: Tasks, tokenizer, *, chat_format, before):
     """A fresh base with every trained adapter over it (compare.one_base; runs: {adapter:
     TrainResult}), each adapter scored on every task and put beside `before` (the base's
     scores): (models, compare.TaskScores of all).
 
-    >>> models, scores = score_adapters(params, runs, data, tokenizer, chat_format, before)  # doctest: +SKIP
+    >>> models, scores = score_adapters(params, runs, data, tokenizer,
+    ...                                 chat_format=chat_format, before=before)  # doctest: +SKIP
     """
     from lorahelpers.compare import TaskScores, one_base, score_models
     from lorahelpers.pipeline import load
@@ -117,7 +118,7 @@ def score_adapters(params: Params, runs: dict, data: Tasks, tokenizer, chat_form
     base, _, _ = load(params)
     models = one_base(base, {name: run.adapter_dir for name, run in runs.items()})
     after = score_models({name: models[name] for name in runs}, data.held_out, tokenizer,
-                         chat_format, params.scorer)
+                         chat_format, scorer=params.scorer)
     return models, TaskScores({**before.reports, **after.reports})
 
 
@@ -192,7 +193,7 @@ def verify_adapters(export: AdapterExport, models: dict, tokenizer, data: Tasks)
 
 
 def score_adapter_ggufs(export: AdapterExport, data: Tasks, tokenizer, chat_format,
-                        scorer="exact"):
+                        *, scorer="exact"):
     """The base GGUF alone and with each adapter GGUF, scored by llama.cpp on every task's
     held-out rows (as many as heldout.gguf_scoring_plan gives this runtime): a TaskScores.
 
@@ -205,16 +206,17 @@ def score_adapter_ggufs(export: AdapterExport, data: Tasks, tokenizer, chat_form
     print(f"Scoring the GGUF files with llama.cpp: {rows} held-out rows per task")
     return score_gguf(export.base_gguf, {"base": None, **export.adapters},
                       {task: held_out[:rows] for task, held_out in data.held_out.items()},
-                      tokenizer, chat_format, scorer)
+                      tokenizer, chat_format=chat_format, scorer=scorer)
 
 
-def merged_gguf(adapter_dir, base_dir, out_dir, name, quant, chat_format,
+def merged_gguf(adapter_dir, base_dir, out_dir, name, *, quant, chat_format,
                 progress=print) -> Path:
     """The adapter merged into the base checkpoint `base_dir` (out_dir/<name>-merged), written
     as one GGUF of type `quant` into out_dir/gguf: what Ollama 0.34.1 and later register in
     place of an adapter layer (pass it to register_or_skip as merged=).
 
-    >>> merged_gguf(run.adapter_dir, base_dir, "out", "tagger", "q8_0", fmt)  # doctest: +SKIP
+    >>> merged_gguf(run.adapter_dir, base_dir, "out", "tagger", quant="q8_0",
+    ...             chat_format=fmt)  # doctest: +SKIP
     PosixPath('out/gguf/tagger-merged-q8_0.gguf')
     """
     from lorahelpers.export import export_gguf

@@ -136,7 +136,7 @@ class VerifyReport:
         return self
 
 
-def verify(artifact, reference_model, tokenizer, prompts, quant: str | None = None,
+def verify(artifact, reference_model, tokenizer, prompts, *, quant: str | None = None,
            lora_path=None, n_ctx: int | None = None, max_new_tokens: int = 12,
            strict: bool = False) -> VerifyReport:
     """Compare `artifact` (a .gguf, a merged checkpoint directory, or a model in memory) with

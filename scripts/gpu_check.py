@@ -50,8 +50,8 @@ def run(backend: str, out: str) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     extra = {"batch_size": 2, "grad_accum": 1} if DRY else {}
-    result = train(model, tokenizer, rows, None, "chatml",
-                   TrainSettings(output_dir=out, max_steps=STEPS, save_steps=10_000,
+    result = train(model, tokenizer, rows, None, chat_format="chatml",
+                   settings=TrainSettings(output_dir=out, max_steps=STEPS, save_steps=10_000,
                                  progress="none", reraise_interrupt=False, **extra))
     rates = [r for r in result.history.column("tokens_per_s")[1:] if r] or \
         [r for r in result.history.column("tokens_per_s") if r]
@@ -92,7 +92,7 @@ def export_checks(model, tokenizer, adapter_dir, held_out, out) -> dict:
     offload = bool(import_llama_cpp().llama_supports_gpu_offload())
     for layers in ((-1, 0) if offload else (0,)):
         t0 = time.perf_counter()
-        evaluate_gguf(bundle.ggufs["q8_0"], rows, fmt, tokenizer, "contains",
+        evaluate_gguf(bundle.ggufs["q8_0"], rows, fmt, tokenizer, scorer="contains",
                       n_gpu_layers=layers)
         timings["gpu" if layers else "cpu"] = (time.perf_counter() - t0) / len(rows)
     import torch

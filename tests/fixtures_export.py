@@ -74,7 +74,7 @@ def verify_prompts():
 
 @pytest.fixture(scope="session")
 def merge_result(export_source, tmp_path_factory):
-    from lorahelpers.export import merge_lora
+    from lorahelpers.merge import merge_lora
 
     out = tmp_path_factory.mktemp("merged") / "model"
     return merge_lora(export_source.adapter_dir, out, base_dir=export_source.base_dir,

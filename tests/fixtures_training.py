@@ -53,7 +53,7 @@ def finetuned(embedded_path, tmp_path_factory) -> Finetuned:
         # float32 on every CPU: bf16 autocast rounds differently with AMX, with AVX-512 BF16
         # alone and in emulation, and the export tests' limits are measured on this adapter
         precision="fp32")
-    result = train(model, tokenizer, train_rows, eval_rows[:8], fmt, settings)
+    result = train(model, tokenizer, train_rows, eval_rows[:8], chat_format=fmt, settings=settings)
     assert result.steps == FINETUNE_STEPS and not result.interrupted
     return Finetuned(embedded_path, result.adapter_dir, fmt, model, tokenizer, result.history,
                      result, eval_rows)

@@ -41,7 +41,6 @@ ALLOWED = {
                                                          "view is not a PEFT model",
     "keep.py:Keeper.__getattr__ AttributeError": "the __getattr__ protocol: a callback answers "
                                                  "only on_* events",
-    "export.py:__getattr__ AttributeError": "the module __getattr__ protocol (PEP 562)",
     "config.py:_as TypeError": "caught by convert(), which raises a ConfigError with the fix",
     "llamacpp.py:_GGUFHeader.value ValueError": "caught by gguf_metadata(), which raises an "
                                                 "ExportError with the fix",

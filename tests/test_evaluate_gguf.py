@@ -23,7 +23,8 @@ def starts_with_the(expected: str, answer: str) -> bool:
 
 def test_answers_are_cut_at_the_stop_and_scored_by_name(embedded_tokenizer):
     rows = [ask(FRANCE, "Paris"), {"messages": ask("What is 2 + 2?", "4")}]
-    report = evaluate_gguf(embedded_gguf(), rows, CHATML, embedded_tokenizer, starts_with_the,
+    report = evaluate_gguf(embedded_gguf(), rows, CHATML, embedded_tokenizer,
+                           scorer=starts_with_the,
                            max_new_tokens=12)
     assert report.scorer == "starts_with_the"  # a custom scorer is named, as evaluate names it
     assert report.n == 2 and [r["prompt"] for r in report.rows] == [FRANCE, "What is 2 + 2?"]
@@ -33,7 +34,7 @@ def test_answers_are_cut_at_the_stop_and_scored_by_name(embedded_tokenizer):
 
     # Scoring its own answers back: "exact" finds every one, a wrong expectation none.
     own = [ask(FRANCE, answers[0]), ask(FRANCE, "Berlin")]
-    exact = evaluate_gguf(embedded_gguf(), own, "chatml", embedded_tokenizer, "exact",
+    exact = evaluate_gguf(embedded_gguf(), own, "chatml", embedded_tokenizer, scorer="exact",
                           max_new_tokens=12)
     assert exact.scorer == "exact" and [r["correct"] for r in exact.rows] == [1.0, 0.0]
     assert exact.score == 50.0
@@ -42,7 +43,7 @@ def test_answers_are_cut_at_the_stop_and_scored_by_name(embedded_tokenizer):
 def test_a_score_outside_0_1_is_refused(embedded_tokenizer):
     with pytest.raises(ValueError, match=r"float in \[0, 1\]"):
         evaluate_gguf(embedded_gguf(), [ask(FRANCE, "Paris")], CHATML, embedded_tokenizer,
-                      lambda expected, answer: 3, max_new_tokens=2)
+                      scorer=lambda expected, answer: 3, max_new_tokens=2)
 
 
 @pytest.mark.parametrize("run", ["torch", "gguf"])
@@ -51,8 +52,8 @@ def test_no_rows_and_unknown_scorers_are_explained_before_any_model_runs(run, tm
 
     def score(rows, scorer="exact"):
         if run == "torch":
-            return evaluate(None, None, rows, scorer, CHATML)
-        return evaluate_gguf(missing, rows, CHATML, None, scorer)
+            return evaluate(None, None, rows, scorer, chat_format=CHATML)
+        return evaluate_gguf(missing, rows, CHATML, None, scorer=scorer)
 
     with pytest.raises(ValueError, match="no held-out rows to score.*Fix: "):
         score([])

@@ -124,7 +124,7 @@ NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_bas
 
 def test_unrecognised_pre_tokenizer_message_shows_hash_and_fix():
     error = llamacpp.classify_failure("convert_hf_to_gguf.py", ["/m"], BPE_FAILURE.splitlines(),
-                                      1, "0.3.36")
+                                      1, version="0.3.36")
     assert isinstance(error, TokenizerNotRecognizedError)
     text = str(error)
     assert "1b2ac5d9c3e6c1a6b0c0b8e8a1f6d4c3b2a1908f7e6d5c4b3a2918f7e6d5c4b3" in text
@@ -135,7 +135,7 @@ def test_unrecognised_pre_tokenizer_message_shows_hash_and_fix():
 def test_unsupported_architecture_message_names_it_and_the_version():
     lines = ["INFO:hf-to-gguf:Model architecture: FooForCausalLM",
              "ERROR:hf-to-gguf:Model FooForCausalLM is not supported"]
-    error = llamacpp.classify_failure("convert_hf_to_gguf.py", ["/m"], lines, 1, "0.3.36")
+    error = llamacpp.classify_failure("convert_hf_to_gguf.py", ["/m"], lines, 1, version="0.3.36")
     assert isinstance(error, UnsupportedArchitectureError)
     assert "'FooForCausalLM'" in str(error) and "0.3.36" in str(error)
     assert "pip install -U llama-cpp-python" in str(error)
@@ -143,7 +143,7 @@ def test_unsupported_architecture_message_names_it_and_the_version():
 
 def test_other_converter_failures_show_the_last_lines():
     lines = [f"line {i}" for i in range(40)] + ["ValueError: something odd"]
-    error = llamacpp.classify_failure("convert_hf_to_gguf.py", ["/m"], lines, -9, "0.3.36")
+    error = llamacpp.classify_failure("convert_hf_to_gguf.py", ["/m"], lines, -9, version="0.3.36")
     assert "exit code -9" in str(error) and "out of memory" in str(error)
     assert "ValueError: something odd" in str(error) and "line 5\n" not in str(error)
 

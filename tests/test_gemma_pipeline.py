@@ -25,7 +25,8 @@ def rows(name: str, n: int) -> list:
 def test_gemma_trains_exports_verifies_and_chats_in_ollama(tmp_path, capsys):
     from lorahelpers import ollama
     from lorahelpers.batches import tokenize_conversations
-    from lorahelpers.export import export_gguf, merge_lora
+    from lorahelpers.export import export_gguf
+    from lorahelpers.merge import merge_lora
     from lorahelpers.models import LoraSettings, add_lora, embedded_gemma, load_model
     from lorahelpers.training import TrainSettings, train
     from lorahelpers.verify import verify
@@ -39,12 +40,12 @@ def test_gemma_trains_exports_verifies_and_chats_in_ollama(tmp_path, capsys):
     assert fmt.name == "gemma" and tok.chat_template == fmt.jinja_template
     train_rows, eval_rows = rows("alpaca_train.jsonl", 160), rows("alpaca_eval.jsonl", 24)
 
-    before = evaluate(model, tok, eval_rows, "exact", fmt, max_new_tokens=4)
+    before = evaluate(model, tok, eval_rows, "exact", chat_format=fmt, max_new_tokens=4)
     model = add_lora(model, LoraSettings(r=16, alpha=32))
-    train(model, tok, train_rows, None, fmt, TrainSettings(
+    train(model, tok, train_rows, None, chat_format=fmt, settings=TrainSettings(
         output_dir=tmp_path / "run", max_steps=20, batch_size=8, learning_rate=5e-4,
         warmup_steps=2, eval_steps=0, save_steps=1000, progress="none"))
-    after = evaluate(model, tok, eval_rows, "exact", fmt, max_new_tokens=4)
+    after = evaluate(model, tok, eval_rows, "exact", chat_format=fmt, max_new_tokens=4)
     print(f"\nGemma 3 270M held-out exact match: before {before.score:.1f} %, "
           f"after {after.score:.1f} % of {after.n}")
     assert after.score - before.score >= 30, (before.score, after.score)

@@ -32,7 +32,8 @@ LAYERS = {
     "data": 1, "chat": 1, "modelfile": 1,
     # 2 stages: model, tokens, training, merge, GGUF, verify, Ollama, and the reports on them
     "models": 2, "batches": 2, "stops": 2, "keep": 2, "training": 2, "plots": 2, "preview": 2,
-    "inference": 2, "merge": 2, "llamacpp": 2, "export": 2, "verify": 2, "ollama": 2,
+    "inference": 2, "checkpoint": 2, "merge": 2, "llamacpp": 2, "export": 2, "verify": 2,
+    "ollama": 2,
     "heldout": 2, "sidebyside": 2, "compare": 2, "hub": 2,
     # 3 notebooks and commands: parameters, the pipeline's steps, the command line
     "params": 3, "config": 3, "pipeline": 3, "runner": 3, "notebook": 3, "two_adapters": 3,
@@ -197,3 +198,32 @@ def test_the_demo_is_the_runner_on_the_embedded_defaults(monkeypatch):
     (params, kw), = calls
     assert (params.kind, params.max_steps, params.output_dir) == ("alpaca", 7, "elsewhere")
     assert kw == {"export": True, "register": True, "progress": print}
+
+
+# ---- at most four positional parameters ---------------------------------------------------
+
+
+def positional_heavy(source: str, filename: str) -> list[str]:
+    """Public module-level functions that take more than four parameters by position: past
+    the fourth, a caller names what it passes (an argument-order bug on a nine-argument call
+    was fixed once already)."""
+    found = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            positional = node.args.posonlyargs + node.args.args
+            if len(positional) > 4:
+                found.append(f"{filename}:{node.lineno} {node.name} takes "
+                             f"{len(positional)} by position")
+    return found
+
+
+def test_the_positional_checker_counts_past_four():
+    source = ("def ok(a, b, c, d, *, e=1):\n    pass\n\ndef bad(a, b, c, d, e=1):\n    pass\n\n"
+              "def _private(a, b, c, d, e):\n    pass\n")
+    assert positional_heavy(source, "m.py") == ["m.py:4 bad takes 5 by position"]
+
+
+def test_public_functions_take_at_most_four_arguments_by_position():
+    found = [f for path in sorted(PACKAGE.glob("*.py"))
+             for f in positional_heavy(path.read_text(), path.name)]
+    assert found == []

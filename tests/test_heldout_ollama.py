@@ -55,7 +55,8 @@ def scored(double, task, tokenizer, registered_format):
     fmt, gguf, rows, reference = task
     ollama.register("tagger", gguf, registered_format, host=double.url, max_seq_length=256,
                     **quiet)
-    return score_ollama("tagger", rows, fmt, tokenizer, "exact", BUDGET, gguf=gguf,
+    return score_ollama("tagger", rows, fmt, tokenizer, scorer="exact", max_new_tokens=BUDGET,
+                        gguf=gguf,
                         gguf_report=reference, quant="q4_1", host=double.url, **quiet)
 
 

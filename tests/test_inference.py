@@ -110,14 +110,15 @@ def test_each_scorer_scores_known_answers(base):
     model, tokenizer = base
     rows = [ask(FRANCE, "The capital of France is Paris"),  # the model's exact answer
             ask(FRANCE, "Paris")]
-    assert evaluate(model, tokenizer, rows, "exact", CHATML).score == 50.0
-    contains = evaluate(model, tokenizer, rows, "contains", CHATML)
+    assert evaluate(model, tokenizer, rows, "exact", chat_format=CHATML).score == 50.0
+    contains = evaluate(model, tokenizer, rows, "contains", chat_format=CHATML)
     assert contains.score == 100.0 and contains.scorer == "contains"
 
     def starts_with_the(expected, answer):
         return answer.startswith("The")
 
-    custom = evaluate(model, tokenizer, [{"messages": r} for r in rows], starts_with_the, CHATML)
+    custom = evaluate(model, tokenizer, [{"messages": r} for r in rows], starts_with_the,
+                      chat_format=CHATML)
     assert custom.score == 100.0 and custom.scorer == "starts_with_the"
     table = contains.to_frame()
     assert list(table.columns) == ["prompt", "expected", "answer", "correct"]
@@ -130,7 +131,8 @@ def test_batched_answers_equal_one_at_a_time(base):
     questions = ["What is 2 + 2?", FRANCE, "Name a colour.", "Say hello in French, please.",
                  "What is the largest planet in our solar system?"]
     rows = [ask(q, "-") for q in questions]
-    batched = evaluate(model, tokenizer, rows, "f1", CHATML, batch_size=3, max_new_tokens=12)
+    batched = evaluate(model, tokenizer, rows, "f1", chat_format=CHATML, batch_size=3,
+                       max_new_tokens=12)
     single = [generate(model, tokenizer, q, CHATML, max_new_tokens=12, stream=False)
               for q in questions]
     assert [r["answer"] for r in batched.rows] == single
@@ -146,8 +148,8 @@ def test_exact_scoring_stops_once_an_answer_cannot_match(base):
     rows = [ask(q, a) for q, a in zip(questions, ["Paris", "Blue", "4", "Bonjour"], strict=True)]
     budget = answer_budget(tokenizer, [(r[:-1], r[-1]["content"]) for r in rows], "exact", 64)
     assert 8 < budget < 64
-    capped = evaluate(model, tokenizer, rows, "exact", CHATML, max_new_tokens=64)
-    full = evaluate(model, tokenizer, rows, "contains", CHATML, max_new_tokens=64)
+    capped = evaluate(model, tokenizer, rows, "exact", chat_format=CHATML, max_new_tokens=64)
+    full = evaluate(model, tokenizer, rows, "contains", chat_format=CHATML, max_new_tokens=64)
     assert any(len(r["answer"]) > len(c["answer"]) for r, c in zip(full.rows, capped.rows, strict=True))
     for c, f in zip(capped.rows, full.rows, strict=True):
         assert len(tokenizer(c["answer"], add_special_tokens=False)["input_ids"]) <= budget
@@ -162,7 +164,7 @@ def test_bad_rows_and_scorers_are_explained(base):
     with pytest.raises(ValueError, match="scorer .* is unknown. Fix: use"):
         evaluate(model, tokenizer, [ask(FRANCE, "Paris")], scorer="fuzzy")
     with pytest.raises(ValueError, match="float in"):
-        evaluate(model, tokenizer, [ask(FRANCE, "Paris")], lambda e, a: 3, CHATML,
+        evaluate(model, tokenizer, [ask(FRANCE, "Paris")], lambda e, a: 3, chat_format=CHATML,
                  max_new_tokens=4)
 
 
@@ -177,8 +179,9 @@ def test_report_renders_as_an_escaped_table():
 @pytest.mark.slow
 def test_the_finetuned_model_answers_the_held_out_reviews(finetuned, base):
     rows = finetuned.eval_conversations[:16]
-    after = evaluate(finetuned.model, finetuned.tokenizer, rows, "exact", finetuned.chat_format,
+    after = evaluate(finetuned.model, finetuned.tokenizer, rows, "exact",
+                     chat_format=finetuned.chat_format,
                      max_new_tokens=8)
-    before = evaluate(*base, rows, "exact", CHATML, max_new_tokens=8)
+    before = evaluate(*base, rows, "exact", chat_format=CHATML, max_new_tokens=8)
     assert after.score >= before.score + 40, (before.score, after.score)
     assert {r["answer"] for r in after.rows} <= {"POS", "NEG"}

@@ -244,7 +244,8 @@ def test_a_run_killed_while_keeping_a_checkpoint_resumes_from_the_kept_one(tiny_
     probe = FirstOptimizerState()
     model, tokenizer, fmt = _tiny_lora(tiny_model, seed=1)
     out = tmp_path / "new-runtime"
-    resumed = train(model, tokenizer, tiny_rows(), None, fmt, run_settings(out, folder),
+    resumed = train(model, tokenizer, tiny_rows(), None, chat_format=fmt,
+                    settings=run_settings(out, folder),
                     callbacks=[probe])
     assert resumed.resumed_from == out / "checkpoints" / "checkpoint-4"
     assert resumed.steps == 8 and not resumed.interrupted
@@ -267,6 +268,7 @@ def test_a_run_killed_while_keeping_a_checkpoint_resumes_from_the_kept_one(tiny_
 
     # ... and it ends where a run that was never killed ends.
     straight, tokenizer, fmt = _tiny_lora(tiny_model, seed=3407)
-    train(straight, tokenizer, tiny_rows(), None, fmt, run_settings(tmp_path / "straight"))
+    train(straight, tokenizer, tiny_rows(), None, chat_format=fmt,
+          settings=run_settings(tmp_path / "straight"))
     for name, weight in lora_weights(straight).items():
         torch.testing.assert_close(lora_weights(model)[name], weight, rtol=1e-4, atol=1e-6)

@@ -77,9 +77,9 @@ def test_table_notebook_defaults_learn_the_shipping_rule(tmp_path):
         found = re.search(r"-?\d+(?:\.\d+)?", answer)
         return found is not None and abs(float(found.group()) - float(expected)) <= 0.5
 
-    before = evaluate(model, tokenizer, data.eval, same_amount, fmt, max_new_tokens=8)
+    before = evaluate(model, tokenizer, data.eval, same_amount, chat_format=fmt, max_new_tokens=8)
     model = add_lora(model, lora_settings(params))
-    train(model, tokenizer, data.train, data.eval, fmt, train_settings(params))
-    after = evaluate(model, tokenizer, data.eval, same_amount, fmt, max_new_tokens=8)
+    train(model, tokenizer, data.train, data.eval, chat_format=fmt, settings=train_settings(params))
+    after = evaluate(model, tokenizer, data.eval, same_amount, chat_format=fmt, max_new_tokens=8)
     print(f"table: before {before.score:.1f} %, after {after.score:.1f} % of {after.n}")
     assert after.score - before.score >= 40, (before, after)

@@ -134,8 +134,9 @@ def test_training_a_soft_capped_model_never_uses_trls_loss(tmp_path, monkeypatch
                      LoraSettings(r=4, alpha=8, seed=0))
     rows = [[{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]
             for w in ("yes", "no", "maybe", "never")]
-    result = train(model, embedded_tokenizer, rows, rows[:2], get_chat_format("chatml"),
-                   TrainSettings(output_dir=tmp_path, max_steps=2, batch_size=2, eval_steps=2,
+    result = train(model, embedded_tokenizer, rows, rows[:2], chat_format=get_chat_format("chatml"),
+                   settings=TrainSettings(output_dir=tmp_path, max_steps=2, batch_size=2,
+                                          eval_steps=2,
                                  precision="fp32", progress="none", reraise_interrupt=False))
     assert result.steps == 2
     losses = [v for v in result.history.column("loss") if v is not None]

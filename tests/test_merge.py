@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lorahelpers import merge
+from lorahelpers import checkpoint
+from lorahelpers.checkpoint import MergeError, original_16bit_name, read_header
 from lorahelpers.errors import ExportError
-from lorahelpers.merge import MergeError, merge_lora, original_16bit_name, read_header
+from lorahelpers.merge import base_with_template, merge_lora
 
 QUIET = {"progress": lambda s: None}
 IDS = [1, 4093, 198, 26843, 2, 198, 1, 520, 9531, 198, 504, 3458, 314, 253]
@@ -70,20 +71,20 @@ def test_four_bit_base_resolves_to_its_16bit_original(tmp_path, monkeypatch, emb
     def fetch(name):  # local directories as usual; "the Hub" holds only the 16-bit original
         return Path(name) if Path(name).is_dir() else hub.get(name)
 
-    monkeypatch.setattr(merge, "fetch_base", fetch)
+    monkeypatch.setattr(checkpoint, "fetch_base", fetch)
     by_name, said = "unsloth/SmolLM2-135M-Instruct-bnb-4bit", []
-    assert merge.resolve_base(by_name, said.append) == (embedded_path, by_name, True)
+    assert checkpoint.resolve_base(by_name, said.append) == (embedded_path, by_name, True)
     assert said == [f"{by_name} is 4-bit; using its 16-bit original {embedded_path}."]
     local = _four_bit_dir(tmp_path, "unsloth/SmolLM2-135M-Instruct-bnb-4bit")
-    assert merge.resolve_base(str(local), **QUIET) == (embedded_path, str(local), True)
+    assert checkpoint.resolve_base(str(local), **QUIET) == (embedded_path, str(local), True)
     plain = str(embedded_path)
-    assert merge.resolve_base(plain, **QUIET) == (embedded_path, plain, False)
+    assert checkpoint.resolve_base(plain, **QUIET) == (embedded_path, plain, False)
 
 
 def test_four_bit_base_without_its_original_says_what_to_download(monkeypatch):
-    monkeypatch.setattr(merge, "fetch_base", lambda name: None)
+    monkeypatch.setattr(checkpoint, "fetch_base", lambda name: None)
     with pytest.raises(MergeError) as e:
-        merge.resolve_base("unsloth/mistral-7b-v0.3-bnb-4bit")
+        checkpoint.resolve_base("unsloth/mistral-7b-v0.3-bnb-4bit")
     assert "huggingface-cli download unsloth/mistral-7b-v0.3" in str(e.value)
     assert "base_dir" in str(e.value)
 
@@ -104,19 +105,19 @@ def test_one_reader_names_what_an_adapter_folder_lacks(tmp_path):
     lora = {"x.lora_A.weight": np.ones((1, 2), np.float32)}
     with pytest.raises(MergeError, match=r"has no adapter_config.json\. Fix: pass the "
                                          r"directory that train\(\) or save_adapter\(\) wrote"):
-        merge.read_adapter(tmp_path)
+        checkpoint.read_adapter(tmp_path)
     (tmp_path / "adapter_config.json").write_text("{'r': 1}")
     with pytest.raises(MergeError, match=r"adapter_config.json is not valid JSON .*Fix: save"):
-        merge.read_adapter(tmp_path)
+        checkpoint.read_adapter(tmp_path)
     unnamed = _write_adapter(tmp_path / "unnamed", {"r": 1}, lora)
     with pytest.raises(ModelError, match=r"adapter_config.json names no base model\. Fix: .*"
                                          r"base= to load_adapter"):
-        merge.read_adapter(unnamed, error=ModelError)
-    assert merge.read_adapter(unnamed, "some/base").base == "some/base"
-    assert merge.read_adapter(unnamed, "b").tensor_names() == ["x.lora_A.weight"]
+        checkpoint.read_adapter(unnamed, error=ModelError)
+    assert checkpoint.read_adapter(unnamed, "some/base").base == "some/base"
+    assert checkpoint.read_adapter(unnamed, "b").tensor_names() == ["x.lora_A.weight"]
     empty = _write_adapter(tmp_path / "empty", {"base_model_name_or_path": "b"}, None)
     with pytest.raises(MergeError, match="has no adapter_model.safetensors. Fix: save the"):
-        merge.read_adapter(empty)
+        checkpoint.read_adapter(empty)
     # merge_lora reads through it: the same message, before any base is looked for
     with pytest.raises(MergeError, match="has no adapter_model.safetensors. Fix: save the"):
         merge_lora(empty, tmp_path / "merged", **QUIET)
@@ -126,8 +127,8 @@ def test_free_disk_is_checked_with_one_message(tmp_path):
     with pytest.raises(ExportError, match=r"^Not enough disk space in .*: 100 MB free, but "
                                           r"merging into x needs about 1\.5 GB there\. Fix: "
                                           r"free disk space"):
-        merge.check_free_disk(tmp_path / "not" / "yet", 1.5e9, "merging into x", free=10**8)
-    merge.check_free_disk(tmp_path, 10**6, "merging into x")  # enough: nothing raised
+        checkpoint.check_free_disk(tmp_path / "not" / "yet", 1.5e9, "merging into x", free=10**8)
+    checkpoint.check_free_disk(tmp_path, 10**6, "merging into x")  # enough: nothing raised
 
 
 # ---- the merge against PEFT on the embedded model
@@ -276,7 +277,7 @@ def test_merge_and_base_with_template_write_the_same_tokenizer_files(tmp_path):
     install_chat_template(tokenizer, fmt)
     tokenizer.save_pretrained(adapter)
     merged = merge_lora(adapter, tmp_path / "merged", chat_format=fmt, **QUIET).out_dir
-    base = merge.base_with_template(gemma, fmt, tmp_path / "base", **QUIET)
+    base = base_with_template(gemma, fmt, tmp_path / "base", **QUIET)
 
     names = sorted(p.name for p in merged.iterdir())
     assert names == sorted(p.name for p in base.iterdir())

@@ -68,11 +68,8 @@ DECLARED = {
     "export.py:UnsupportedArchitectureError": "the same",
     "export.py:converter_is_cached": "scripts/setup.sh and `doctor` ask export whether its "
                                     "converter is cached",
-    "export.py:__getattr__": "merge_lora, MergeResult and MergeError, importable from export "
-                             "without importing torch until used (module docstring)",
 }
-# Re-exports that only relay: data.py can import render_value from cells and sheet_names from
-# workbook; then tables.py drops them from its imports and __all__ and these lines go.
+# Re-exports that only relay, waiting to be removed ("file:name").
 PENDING_REEXPORTS: set[str] = set()
 
 

@@ -70,7 +70,7 @@ def test_text_html_and_histogram(embedded_tokenizer, fmt):
     convs, report = to_conversations([{"instruction": "a", "output": "x"},
                                       {"instruction": "a", "output": "x"},
                                       {"instruction": "b", "output": ""}])
-    preview = training_preview(convs, embedded_tokenizer, fmt, 256, report, rows=1)
+    preview = training_preview(convs, embedded_tokenizer, fmt, 256, report=report, rows=1)
     assert preview.summary().splitlines() == [
         f"2 training rows: {min(preview.lengths)}-{max(preview.lengths)} tokens, median "
         f"{max(preview.lengths)}; max_seq_length 256: none cut",

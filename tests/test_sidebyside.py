@@ -32,7 +32,8 @@ def test_both_answers_side_by_side(base):
     with OllamaDouble() as double:
         ollama.register("smol", embedded_gguf(), CHATML, host=double.url,
                         progress=lambda s: None)
-        shown = chat_side_by_side(QUESTION, model, tok, CHATML, "smol", system="Be brief.",
+        shown = chat_side_by_side(QUESTION, model, tok, CHATML, ollama_name="smol",
+                                  system="Be brief.",
                                   host=double.url, max_new_tokens=16)
         again = shown.ask("Name a colour.")  # what the box's Send button calls
         prompt, sampled = double.last_prompt, double.last_options
@@ -56,6 +57,6 @@ def test_both_answers_side_by_side(base):
 def test_without_a_server_the_ollama_column_says_why(base, monkeypatch):
     model, tok = base
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")  # nothing listens there
-    shown = chat_side_by_side(QUESTION, model, tok, CHATML, "smol", max_new_tokens=4)
+    shown = chat_side_by_side(QUESTION, model, tok, CHATML, ollama_name="smol", max_new_tokens=4)
     assert shown.answers["Ollama smol (greedy)"].startswith("skipped: no Ollama server answers")
     assert SideBySide("Hi", {"a": "x"}).box() is None  # nothing to send more messages with

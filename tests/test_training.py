@@ -257,8 +257,8 @@ def test_training_lowers_the_loss_and_writes_adapter_and_history(embedded_path, 
     batch = PadCollator(tokenizer.pad_token_id)(examples)
     model.eval()
     before = hf_loss(model, batch)
-    result = train(model, tokenizer, TINY[:4], TINY[4:], CHATML,
-                   quick(tmp_path, max_steps=8, batch_size=4, eval_steps=4, save_steps=4))
+    result = train(model, tokenizer, TINY[:4], TINY[4:], chat_format=CHATML,
+                   settings=quick(tmp_path, max_steps=8, batch_size=4, eval_steps=4, save_steps=4))
     after = hf_loss(model, batch)
     assert after < 0.7 * before, (before, after)
     assert not model.training and result.steps == 8 and not result.interrupted
@@ -320,11 +320,13 @@ def lora_weights(model) -> dict:
 def test_interrupt_keeps_the_adapter_and_resume_continues_with_optimizer_state(
         embedded_path, tmp_path):
     straight_model, tokenizer = fresh_model(embedded_path)
-    train(straight_model, tokenizer, TINY, None, CHATML, quick(tmp_path / "straight"))
+    train(straight_model, tokenizer, TINY, None, chat_format=CHATML,
+          settings=quick(tmp_path / "straight"))
 
     out = tmp_path / "stopped"
     model, tokenizer = fresh_model(embedded_path)
-    stopped = train(model, tokenizer, TINY, None, CHATML, quick(out), callbacks=[StopAt(3)])
+    stopped = train(model, tokenizer, TINY, None, chat_format=CHATML, settings=quick(out),
+                    callbacks=[StopAt(3)])
     assert stopped.interrupted and stopped.steps == 3
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert adapter_info(out / "adapter")["interrupted"] is True
@@ -339,7 +341,8 @@ def test_interrupt_keeps_the_adapter_and_resume_continues_with_optimizer_state(
     # A new session: fresh model, resume=True.
     probe = FirstOptimizerState()
     model, tokenizer = fresh_model(embedded_path, seed=1)  # different init, overwritten
-    resumed = train(model, tokenizer, TINY, None, CHATML, quick(out, resume=True),
+    resumed = train(model, tokenizer, TINY, None, chat_format=CHATML, settings=quick(out,
+                                                                                     resume=True),
                     callbacks=[probe])
     assert resumed.resumed_from == out / "checkpoints" / "checkpoint-2"
     assert resumed.steps == 4 and not resumed.interrupted and not partial.exists()
@@ -363,8 +366,8 @@ def test_interrupt_keeps_the_adapter_and_resume_continues_with_optimizer_state(
         model, tokenizer = fresh_model(embedded_path)
         with pytest.raises(TrainingError, match="other settings, data or model.*Fix: "
                                                 "resume=False"):
-            train(model, tokenizer, other.pop("rows", TINY), None, CHATML,
-                  quick(out, resume=True, **other))
+            train(model, tokenizer, other.pop("rows", TINY), None, chat_format=CHATML,
+                  settings=quick(out, resume=True, **other))
     assert (out / "checkpoints" / "checkpoint-4").is_dir()  # refused, not cleared
 
 
@@ -374,14 +377,15 @@ def test_a_fresh_run_clears_checkpoints_of_an_earlier_run(embedded_path, tmp_pat
     stale.mkdir(parents=True)
     (stale / "trainer_state.json").write_text(json.dumps({}))
     model, tokenizer = fresh_model(embedded_path)
-    result = train(model, tokenizer, TINY[:2], None, CHATML, quick(tmp_path, max_steps=1))
+    result = train(model, tokenizer, TINY[:2], None, chat_format=CHATML,
+                   settings=quick(tmp_path, max_steps=1))
     assert result.steps == 1 and not stale.exists()
 
 
 def test_train_needs_lora_adapters(embedded_path, tmp_path):
     model, tokenizer = load_model(embedded_path)
     with pytest.raises(ValueError, match="add_lora"):
-        train(model, tokenizer, TINY, None, CHATML, quick(tmp_path))
+        train(model, tokenizer, TINY, None, chat_format=CHATML, settings=quick(tmp_path))
 
 
 @pytest.mark.slow
@@ -398,8 +402,8 @@ def test_the_finetuned_fixture_learned_the_task(finetuned):
 def test_gpu_training_runs_with_the_device_defaults(embedded_path, tmp_path):
     model, tokenizer = load_model(embedded_path, max_seq_length=128, chat_format=CHATML)
     model = add_lora(model)
-    result = train(model, tokenizer, TINY, None, CHATML,
-                   TrainSettings(output_dir=tmp_path, max_steps=3, progress="none",
+    result = train(model, tokenizer, TINY, None, chat_format=CHATML,
+                   settings=TrainSettings(output_dir=tmp_path, max_steps=3, progress="none",
                                  reraise_interrupt=False))
     assert result.steps == 3
     assert result.settings.optim in ("adamw_8bit", "adamw_torch_fused")
@@ -417,7 +421,8 @@ def test_cpu_training_runs_under_bf16_autocast_where_supported(embedded_path, tm
     handle = layer.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
     try:
         weights = {n: p for n, p in model.named_parameters()}
-        train(model, tokenizer, TINY[:2], None, CHATML, quick(tmp_path, max_steps=1))
+        train(model, tokenizer, TINY[:2], None, chat_format=CHATML,
+              settings=quick(tmp_path, max_steps=1))
         assert seen and set(seen) == {torch.bfloat16}
         seen.clear()
         with torch.no_grad():  # afterwards the model runs in float32 again

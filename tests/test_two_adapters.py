@@ -200,8 +200,8 @@ def merged_gguf(two_adapters):
 
     def make(name):
         if name not in made:
-            made[name] = merge_to_gguf(t.adapter_dirs[name], t.base_dir, t.tmp, name, "f16",
-                                       CHATML, progress=lambda s: None)
+            made[name] = merge_to_gguf(t.adapter_dirs[name], t.base_dir, t.tmp, name, quant="f16",
+                                       chat_format=CHATML, progress=lambda s: None)
             assert made[name] == t.tmp / "gguf" / f"{name}-merged-f16.gguf"
         return made[name]
 
@@ -222,7 +222,7 @@ def test_each_adapter_gguf_over_the_base_answers_like_its_pytorch_model(two_adap
     t = two_adapters
     assert gguf_metadata(t.base_gguf)["tokenizer.chat_template"] == CHATML.jinja_template
     torch_scores = score_models(t.models, t.tasks, t.tokenizer, CHATML)
-    gguf_scores = score_gguf(t.base_gguf, t.ggufs, t.tasks, t.tokenizer, CHATML)
+    gguf_scores = score_gguf(t.base_gguf, t.ggufs, t.tasks, t.tokenizer, chat_format=CHATML)
     agreement = gguf_scores.agreement(torch_scores)
     assert agreement.to_numpy().mean() >= 75, agreement
     first, second = (torch_scores.side_by_side(3)[m].tolist() for m in ("first", "second"))

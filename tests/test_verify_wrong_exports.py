@@ -112,7 +112,8 @@ def half_scale(export_source, tmp_path_factory):
     """A merge whose adapter config says half the alpha it was trained with, at every type."""
     import shutil
 
-    from lorahelpers.export import export_gguf, merge_lora
+    from lorahelpers.export import export_gguf
+    from lorahelpers.merge import merge_lora
 
     quiet = {"progress": lambda s: None}
     root = tmp_path_factory.mktemp("half")

@@ -95,7 +95,7 @@ preview_training(params, data, tokenizer, chat_format)
 # %%
 from lorahelpers.inference import evaluate
 
-before = evaluate(model, tokenizer, data.eval, params.scorer, chat_format)
+before = evaluate(model, tokenizer, data.eval, params.scorer, chat_format=chat_format)
 before
 
 # %% [markdown]
@@ -107,7 +107,7 @@ before
 # %%
 from lorahelpers.pipeline import train_adapter
 
-model, result = train_adapter(model, tokenizer, data, chat_format, params)
+model, result = train_adapter(model, tokenizer, data, chat_format, params=params)
 result
 
 # %%
@@ -119,7 +119,7 @@ plot_history(result.history)
 # ## Did it learn?
 
 # %%
-after = evaluate(model, tokenizer, data.eval, params.scorer, chat_format)
+after = evaluate(model, tokenizer, data.eval, params.scorer, chat_format=chat_format)
 after
 
 # %%
@@ -179,7 +179,7 @@ register_or_skip(params.ollama_name, export.gguf, chat_format, system=params.sys
 from lorahelpers.sidebyside import chat_side_by_side
 
 chat_side_by_side(data.eval[0][-2]["content"], model, tokenizer, chat_format,
-                  params.ollama_name, system=params.system)
+                  ollama_name=params.ollama_name, system=params.system)
 
 # %% [markdown]
 # ## The GGUF files on held-out rows
@@ -191,7 +191,7 @@ chat_side_by_side(data.eval[0][-2]["content"], model, tokenizer, chat_format,
 from lorahelpers.heldout import score_ggufs
 
 del model
-gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, params.scorer)
+gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, scorer=params.scorer)
 
 # %% [markdown]
 # ## The held-out rows through Ollama
@@ -206,8 +206,8 @@ from lorahelpers.heldout import score_ollama
 
 quant = params.quants[0]
 ollama_scores = score_ollama(params.ollama_name, data.eval, chat_format, tokenizer,
-                             params.scorer, gguf=export.gguf, gguf_report=gguf_reports[quant],
-                             quant=quant, seed=params.seed)
+                             scorer=params.scorer, gguf=export.gguf,
+                             gguf_report=gguf_reports[quant], quant=quant, seed=params.seed)
 
 # %% [markdown]
 # ## Every stage side by side

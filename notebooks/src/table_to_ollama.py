@@ -198,7 +198,7 @@ preview_training(params, data, tokenizer, chat_format)
 # %%
 from lorahelpers.inference import evaluate
 
-before = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
+before = evaluate(model, tokenizer, data.eval, same_amount, chat_format=chat_format,
                   max_new_tokens=max_answer_tokens)
 before
 
@@ -212,7 +212,7 @@ before
 # %%
 from lorahelpers.pipeline import train_adapter
 
-model, result = train_adapter(model, tokenizer, data, chat_format, params)
+model, result = train_adapter(model, tokenizer, data, chat_format, params=params)
 result
 
 # %% [markdown]
@@ -230,7 +230,7 @@ plot_history(result.history)
 # The same held-out rows, scored again.
 
 # %%
-after = evaluate(model, tokenizer, data.eval, same_amount, chat_format,
+after = evaluate(model, tokenizer, data.eval, same_amount, chat_format=chat_format,
                  max_new_tokens=max_answer_tokens)
 after
 
@@ -295,7 +295,8 @@ register_or_skip(params.ollama_name, export.gguf, chat_format, system=params.sys
 from lorahelpers.sidebyside import chat_side_by_side
 
 chat_side_by_side(data.eval[0][-2]["content"], model, tokenizer, chat_format,
-                  params.ollama_name, system=params.system, max_new_tokens=max_answer_tokens)
+                  ollama_name=params.ollama_name, system=params.system,
+                  max_new_tokens=max_answer_tokens)
 
 # %% [markdown]
 # The held-out score of each GGUF file, run by llama.cpp (the engine inside Ollama): it should
@@ -306,7 +307,7 @@ chat_side_by_side(data.eval[0][-2]["content"], model, tokenizer, chat_format,
 from lorahelpers.heldout import score_ggufs
 
 del model
-gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, same_amount,
+gguf_reports = score_ggufs(export.ggufs, data.eval, chat_format, tokenizer, scorer=same_amount,
                            max_new_tokens=max_answer_tokens)
 
 # %% [markdown]
@@ -322,7 +323,7 @@ from lorahelpers.heldout import score_ollama
 
 quant = params.quants[0]
 ollama_scores = score_ollama(params.ollama_name, data.eval, chat_format, tokenizer,
-                             same_amount, max_answer_tokens, gguf=export.gguf,
+                             scorer=same_amount, max_new_tokens=max_answer_tokens, gguf=export.gguf,
                              gguf_report=gguf_reports[quant], quant=quant, seed=params.seed)
 
 # %% [markdown]

@@ -88,7 +88,7 @@ base, tokenizer, chat_format = load(params)
 # %%
 from lorahelpers.compare import score_models
 
-before = score_models({"base": base}, data.held_out, tokenizer, chat_format, params.scorer)
+before = score_models({"base": base}, data.held_out, tokenizer, chat_format, scorer=params.scorer)
 before
 
 # %%
@@ -127,7 +127,8 @@ namer_run
 from lorahelpers.two_adapters import score_adapters
 
 runs = {"tagger": tagger_run, "namer": namer_run}
-models, scores = score_adapters(params, runs, data, tokenizer, chat_format, before)
+models, scores = score_adapters(params, runs, data, tokenizer, chat_format=chat_format,
+                                before=before)
 scores
 
 # %%
@@ -165,7 +166,7 @@ verify_adapters(export, models, tokenizer, data)
 # %%
 from lorahelpers.two_adapters import score_adapter_ggufs
 
-gguf_scores = score_adapter_ggufs(export, data, tokenizer, chat_format, params.scorer)
+gguf_scores = score_adapter_ggufs(export, data, tokenizer, chat_format, scorer=params.scorer)
 gguf_scores
 
 # %%
