@@ -14,8 +14,8 @@ from lorahelpers.errors import SettingsError
 from lorahelpers.quants import QUANTS
 from lorahelpers.runtime import (
     EMBEDDED,
-    PRECISIONS,
     RuntimeReport,
+    check_precision,
     machine_defaults,
     runtime_report,
 )
@@ -126,9 +126,7 @@ class Params:
         if self.learning_rate is not None and not 0 < self.learning_rate < 1:
             raise SettingsError(f"learning_rate is {self.learning_rate}. Fix: a number between 0 "
                                 "and 1, e.g. 2e-4")
-        if self.precision not in PRECISIONS:
-            raise SettingsError(f"precision is {self.precision!r}. Fix: use one of "
-                                f"{', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if (self.template is None) != (self.output_column is None):
             raise SettingsError("template and output_column go together (template="
                                 f"{self.template!r}, output_column={self.output_column!r}). "

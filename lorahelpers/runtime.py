@@ -12,6 +12,19 @@ from pathlib import Path
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def check_precision(value: str, name: str = "precision") -> str:
+    """`value` if it is one of PRECISIONS, else a SettingsError naming the setting `name`.
+
+    >>> check_precision("fp32")
+    'fp32'
+    """
+    from lorahelpers.errors import SettingsError
+
+    if value not in PRECISIONS:
+        raise SettingsError(f"{name} is {value!r}. Fix: use one of {', '.join(PRECISIONS)}")
+    return value
+
+
 @dataclass(frozen=True)
 class RuntimeReport:
     cuda: bool

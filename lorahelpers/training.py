@@ -38,7 +38,7 @@ from .history import History
 from .keep import fingerprint, last_checkpoint, record_run, recorded_run
 from .models import backend_of, save_adapter
 from .plots import in_notebook, make_progress
-from .runtime import PRECISIONS, RuntimeReport, machine_defaults, runtime_report
+from .runtime import RuntimeReport, check_precision, machine_defaults, runtime_report
 from .stops import audit_stops
 
 
@@ -105,9 +105,7 @@ class TrainSettings:
         if self.warmup_steps < 0:
             raise SettingsError(f"TrainSettings.warmup_steps is {self.warmup_steps}. Fix: 0 or "
                                 "more")
-        if self.precision not in PRECISIONS:
-            raise SettingsError(f"TrainSettings.precision is {self.precision!r}. Fix: use one of "
-                                f"{', '.join(PRECISIONS)}")
+        check_precision(self.precision, "TrainSettings.precision")
         if self.progress not in ("auto", "notebook", "terminal", "none"):
             raise SettingsError(f"TrainSettings.progress is {self.progress!r}. Fix: use 'auto', "
                                 "'notebook', 'terminal' or 'none'")

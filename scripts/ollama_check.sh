@@ -67,10 +67,10 @@ def held_out(gguf, name, fmt):
     rows = rows[:int(os.environ.get("ROWS") or len(rows))]
     scorer, tokenizer = os.environ.get("SCORER") or "exact", tokenizer_for(gguf)
     print(f"\nScoring {len(rows)} held-out rows with llama.cpp on {Path(gguf).name}")
-    report = evaluate_gguf(gguf, rows, fmt, tokenizer, scorer)
+    report = evaluate_gguf(gguf, rows, fmt, tokenizer, scorer=scorer)
     quant = Path(gguf).stem  # the table's column: "<stem> GGUF (llama.cpp)"
-    scores = score_ollama(name, rows, fmt, tokenizer, scorer, gguf=gguf, gguf_report=report,
-                          quant=quant)
+    scores = score_ollama(name, rows, fmt, tokenizer, scorer=scorer, gguf=gguf,
+                          gguf_report=report, quant=quant)
     print(compare(None, None, {quant: report}, scores))
     return scores.check
 server = None
