@@ -168,7 +168,7 @@ CHILD = textwrap.dedent("""
     fmt = get_chat_format("chatml")
     model, tokenizer = load_model(model_dir, max_seq_length=64, chat_format=fmt)
     model = add_lora(model, LoraSettings(r=4, alpha=8, seed=3407))
-    train(model, tokenizer, tiny_rows(), None, fmt, run_settings(out, folder))
+    train(model, tokenizer, tiny_rows(), None, chat_format=fmt, settings=run_settings(out, folder))
     print("finished without being killed")
 """)
 
