@@ -29,6 +29,11 @@ class KeepFolderError(SettingsError, FileExistsError):
 
 DRIVE = Path("/content/drive/MyDrive")  # where Colab mounts Google Drive
 OFF = "off"
+
+
+def keeps_nothing(keep_dir) -> bool:
+    """Whether `keep_dir` says "off" (any case, spaces around): keep no copy anywhere."""
+    return str(keep_dir or "").strip().lower() == OFF
 RUN_FILE = "run.json"
 HISTORY_FILES = ("history.json", "history.csv")
 # Settings that change where or how a run reports, not what it computes.
@@ -48,7 +53,7 @@ def keep_folder(keep_dir="", output_dir="outputs/run", run_dir=None,
     >>> keep_folder("off", "outputs/alpaca") is None
     True
     """
-    if str(keep_dir or "").strip().lower() == OFF:
+    if keeps_nothing(keep_dir):
         return None
     if keep_dir:
         folder = Path(keep_dir).expanduser()

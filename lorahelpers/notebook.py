@@ -19,11 +19,11 @@ def keep_work(params: Params, runtime=None, progress=print) -> Path | None:
     >>> keep_work(default_params("alpaca", keep_dir="off"))  # doctest: +SKIP
     Files stay in outputs/alpaca only (no Google Drive, no params.keep_dir)
     """
-    from lorahelpers.keep import OFF, keep_folder, mount_drive
+    from lorahelpers.keep import keep_folder, keeps_nothing, mount_drive
     from lorahelpers.runtime import runtime_report
 
     runtime = runtime or runtime_report()
-    if runtime.colab and str(params.keep_dir or "").strip().lower() != OFF:
+    if runtime.colab and not keeps_nothing(params.keep_dir):
         mount_drive()
     folder = keep_folder(params.keep_dir, params.output_dir)
     progress(f"Keeping files in {folder}" if folder else

@@ -12,8 +12,6 @@ from pathlib import Path
 from lorahelpers.params import Params
 from lorahelpers.pipeline import DataBundle
 
-TASKS = {"tagger": "tag", "namer": "name"}  # adapter -> the task it learns
-
 
 def two_adapter_params(runtime=None, env=None) -> Params:
     """The two-adapter notebook's parameters: the tagger's data (the namer's: namer_params),
